@@ -1,0 +1,5 @@
+"""The benchmark: a small GPT pretraining run scored by validation bits per byte (val_bpb).
+
+`prepare` builds corpora, tokenizer and token arrays; `evaluate` is the locked evaluator; `runtime` holds the locked
+budget clock, argument parsing and reporting; `train` is the file the inner loop edits; `bench` measures speed.
+"""

@@ -1,0 +1,354 @@
+"""Locked run machinery for train.py: arguments, the hyperparameter block, device, the budget clock, evaluation and
+the summary/JSON report. train.py calls `launch`; it may change the model and the loop, never this file.
+
+Exit codes: 0 ok; 2 invalid configuration or arguments; 3 diverged (NaN or loss > 100); 1 any other crash.
+No result JSON is written unless the run ends with exit code 0.
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.time()  # before the heavy imports, so total_seconds counts them
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import tokenize  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import AbstractContextManager, contextmanager, nullcontext  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from gpt import evaluate, prepare  # noqa: E402
+
+BLOCK_START = "# ---- hyperparameters: the inner loop edits this block ----"
+BLOCK_END = "# ---- end of hyperparameters ----"
+EXCLUDED_STEPS = 2  # compile and allocator warm-up happen here; they train but do not count against the budget
+DEFAULT_BUDGET_S = 300.0
+MAX_LOSS = 100.0
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+SUMMARY_KEYS = (
+    "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
+    "total_tokens_M", "num_steps", "num_params_M", "depth",
+)  # fmt: skip
+# Dense bf16 tensor-core peaks (FLOP/s) by device name, as autoresearch reports MFU; unknown GPUs are measured.
+GPU_PEAK_BF16 = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12, "L4": 121e12, "4090": 165.2e12, "5090": 209.5e12}
+
+
+class ConfigError(Exception):
+    """Invalid hyperparameter or argument: exit code 2."""
+
+
+class Diverged(Exception):
+    """NaN or exploding loss: exit code 3."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The hyperparameter block
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    value: Any
+    kind: str  # int | float | choice | bool
+    domain: tuple  # (low, high) for int/float, the choices for choice, () for bool
+    log: bool = False
+    frozen: bool = False
+
+
+def parse_block(source: str) -> list[Param]:
+    """The constants block of a train.py source: `NAME = literal  # kind [bounds or choices] [log] [frozen]`."""
+    lines = source.splitlines()
+    try:
+        start, end = lines.index(BLOCK_START), lines.index(BLOCK_END)
+    except ValueError as e:
+        raise ConfigError(f"train.py has no hyperparameter block ({BLOCK_START!r} ... {BLOCK_END!r})") from e
+    params = []
+    for line in lines[start + 1 : end]:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        comments = [t for t in tokenize.generate_tokens(io.StringIO(line).readline) if t.type == tokenize.COMMENT]
+        if not comments:
+            raise ConfigError(f"hyperparameter line has no '# kind [...]' comment: {line!r}")
+        code, comment = line[: comments[0].start[1]], comments[0].string.lstrip("#").strip()
+        try:
+            node = ast.parse(code).body[0]
+            assert isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            name, value = node.targets[0].id, ast.literal_eval(node.value)
+            kind, rest = comment.split(None, 1) if " " in comment else (comment, "")
+            bracket_end = rest.index("]") + 1 if rest.startswith("[") else 0
+            domain = tuple(ast.literal_eval(rest[:bracket_end])) if bracket_end else ()
+            flags = set(rest[bracket_end:].split())
+        except (SyntaxError, ValueError, AssertionError, IndexError) as e:
+            raise ConfigError(f"cannot parse hyperparameter line {line!r}: {e}") from e
+        if kind not in ("int", "float", "choice", "bool") or flags - {"log", "frozen"}:
+            raise ConfigError(f"hyperparameter {name}: unknown kind or flag in {comment!r}")
+        params.append(Param(name, value, kind, domain, "log" in flags, "frozen" in flags))
+    return params
+
+
+def check_param(p: Param) -> None:
+    """Raise ConfigError when a value does not fit its declaration."""
+    if p.kind == "bool":
+        ok = isinstance(p.value, bool)
+    elif p.kind == "choice":
+        ok = p.value in p.domain
+    else:
+        want = int if p.kind == "int" else (int, float)
+        ok = isinstance(p.value, want) and not isinstance(p.value, bool) and len(p.domain) == 2
+        ok = ok and p.domain[0] <= p.value <= p.domain[1]
+    if not ok:
+        raise ConfigError(f"hyperparameter {p.name} = {p.value!r} is outside its declaration: {p.kind} {list(p.domain)}")
+
+
+def hyperparameters(script: str) -> dict[str, Any]:
+    """Name -> value of the block in `script` (the running train.py, which may be a copy), every value checked."""
+    params = parse_block(Path(script).read_text())
+    for p in params:
+        check_param(p)
+    return {p.name: p.value for p in params}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments, device, clock
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Train the GPT for a fixed wall-clock budget and report val_bpb.")
+    ap.add_argument("--budget-s", type=float, default=None, help="training budget in seconds (or env GPT_BUDGET_S)")
+    ap.add_argument("--result-json", type=Path, default=None, help="write the summary here as JSON (atomically)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    ap.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 (faster on CPUs without AMX)")
+    ap.add_argument("--corpus", default=prepare.DEFAULT_CORPUS)
+    ap.add_argument("--vocab-size", type=int, default=prepare.DEFAULT_VOCAB_SIZE)
+    ap.add_argument("--eval-tokens", type=int, default=evaluate.DEFAULT_EVAL_TOKENS)
+    a = ap.parse_args(argv)
+    if a.budget_s is None:
+        env = os.environ.get("GPT_BUDGET_S")
+        try:
+            a.budget_s = float(env) if env else DEFAULT_BUDGET_S
+        except ValueError as e:
+            raise ConfigError(f"GPT_BUDGET_S={env!r} is not a number") from e
+    if not (math.isfinite(a.budget_s) and a.budget_s > 0):
+        raise ConfigError(f"budget must be a positive number of seconds, got {a.budget_s}")
+    if a.eval_tokens < 1:
+        raise ConfigError(f"--eval-tokens must be positive, got {a.eval_tokens}")
+    return a
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """(device, compute dtype). bf16 means autocast; fp32 means none."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available to this torch build")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: MPS is not available on this machine")
+    if dtype == "auto":
+        dtype = "bf16" if device == "cuda" or (device == "cpu" and _cpu_has_amx()) else "fp32"
+    return device, torch.bfloat16 if dtype == "bf16" else torch.float32
+
+
+def matmul_peak_flops(device: str, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """The dense matmul peak MFU is measured against: spec sheet for known GPUs, else measured here, now."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, peak in GPU_PEAK_BF16.items():
+            if key in name:
+                return peak
+    n = 4096 if device == "cuda" else 1024
+    x, y = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        x @ y
+    synchronize(device)
+    t, k = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        x @ y
+        k += 1
+        synchronize(device)
+    return 2 * n**3 * k / (time.perf_counter() - t)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class BudgetClock:
+    """Training time, excluding the first EXCLUDED_STEPS steps. `done` stops before a step would overrun the budget,
+    predicting its length from the slowest of the last three counted steps."""
+
+    budget_s: float
+    device: str
+    training_seconds: float = 0.0
+    steps: int = 0
+    counted_tokens: int = 0
+    total_tokens: int = 0
+    recent: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, tokens: int) -> Iterator[None]:
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        synchronize(self.device)
+        dt = time.perf_counter() - t0
+        self.steps += 1
+        self.total_tokens += tokens
+        if self.steps > EXCLUDED_STEPS:
+            self.training_seconds += dt
+            self.counted_tokens += tokens
+            self.recent = (self.recent + [dt])[-3:]
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the budget spent, 0..1: what the LR schedule follows."""
+        return min(1.0, self.training_seconds / self.budget_s)
+
+    def done(self) -> bool:
+        return self.training_seconds + max(self.recent, default=0.0) > self.budget_s
+
+
+def check_loss(loss: float) -> None:
+    if not math.isfinite(loss) or loss > MAX_LOSS:
+        raise Diverged(f"training diverged: loss = {loss}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run: what train.py gets, what it hands back, the report
+
+
+@dataclass
+class Run:
+    hp: dict[str, Any]
+    args: argparse.Namespace
+    device: str
+    dtype: torch.dtype
+    data: prepare.Data
+    clock: BudgetClock
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module  # idx (B, T) -> logits (B, T, V)
+    flops_per_token: float  # 6 * non-embedding params + attention, for MFU
+    num_params: int
+    depth: int
+    seq_len: int  # evaluation windows
+    eval_batch_size: int
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summary_block(result: dict[str, Any]) -> str:
+    fmt = {"val_bpb": "{:.6f}", "training_seconds": "{:.1f}", "total_seconds": "{:.1f}", "peak_memory_mb": "{:.1f}",
+           "mfu_percent": "{:.2f}", "total_tokens_M": "{:.1f}", "num_params_M": "{:.1f}"}
+    return "---\n" + "\n".join(f"{k + ':':<18}{fmt.get(k, '{}').format(result[k])}" for k in SUMMARY_KEYS)
+
+
+def finish(run: Run, trained: Trained, peak_flops: float) -> dict[str, Any]:
+    """Evaluate with the locked evaluator, print the summary block, write the JSON."""
+    val_bpb = evaluate.evaluate_bpb(
+        trained.model, run.data, run.args.eval_tokens, trained.seq_len, trained.eval_batch_size, run.device,
+        run.dtype if run.dtype != torch.float32 else None,
+    )
+    clock = run.clock
+    achieved = trained.flops_per_token * clock.counted_tokens / clock.training_seconds if clock.training_seconds else 0
+    result = {
+        "val_bpb": val_bpb,
+        "training_seconds": clock.training_seconds,
+        "total_seconds": time.time() - PROCESS_START,
+        "peak_memory_mb": peak_memory_mb(run.device),
+        "mfu_percent": 100 * achieved / peak_flops,
+        "total_tokens_M": clock.total_tokens / 1e6,
+        "num_steps": clock.steps,
+        "num_params_M": trained.num_params / 1e6,
+        "depth": trained.depth,
+        "evaluator_sha256": evaluate.evaluator_sha256(),
+        "split_sha256": run.data.split_sha256,
+        "hyperparameters": run.hp,
+        "seed": run.args.seed,
+        "device": run.device,
+        "dtype": "bf16" if run.dtype == torch.bfloat16 else "fp32",
+        "budget_s": run.args.budget_s,
+        "eval_tokens": evaluate.eval_targets(run.data, run.args.eval_tokens)[1],
+        "corpus": run.args.corpus,
+        "vocab_size": run.data.vocab_size,
+    }
+    if not math.isfinite(val_bpb):
+        raise Diverged(f"val_bpb is {val_bpb}")
+    print(summary_block(result), flush=True)
+    if run.args.result_json is not None:
+        write_json_atomic(run.args.result_json, result)
+    return result
+
+
+def launch(script: str, train: Callable[[Run], Trained], argv: list[str] | None = None) -> int:
+    """Run train.py's `train` under the locked rules; returns the exit code."""
+    try:
+        hp = hyperparameters(script)
+        args = parse_args(argv)
+        device, dtype = pick_device(args.device, args.dtype)
+        torch.manual_seed(args.seed)
+        if device == "cpu":
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        data = prepare.load_data(args.corpus, args.vocab_size)
+        peak = matmul_peak_flops(device, dtype)
+        run = Run(hp, args, device, dtype, data, BudgetClock(args.budget_s, device))
+        finish(run, train(run), peak)
+        return EXIT_OK
+    except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+        return int(e.code or 0)
+    except (ConfigError, prepare.PrepareError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Exception:
+        traceback.print_exc()
+        return EXIT_CRASH

@@ -1,0 +1,1 @@
+"""Graph builders, the command-line entry points and checkpointer wiring."""

@@ -1,0 +1,563 @@
+"""The search space: parsed from the constants block of gpt/train.py, the single declaration of what may change.
+
+Each line of the block is ``NAME = literal  # kind [bounds or choices] [log] [frozen]`` with kinds ``int``, ``float``,
+``choice`` and ``bool``. Values are read with ``ast`` (literals and simple arithmetic such as ``2**14``), comments with
+``tokenize``. Every name a mechanism or the LLM uses is checked against this space, so keys always match the real
+parameter names.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import io
+import math
+import operator
+import random
+import tokenize
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BEGIN_MARKER = "# ---- hyperparameters: the inner loop edits this block ----"
+END_MARKER = "# ---- end of hyperparameters ----"
+KINDS = ("int", "float", "choice", "bool")
+MAX_CHANGES = 3
+GROUP_ORDER = ("architecture", "optimisation", "schedule", "batch", "other")
+# First matching rule wins; a name matches a rule when one of its "_"-separated tokens is in the rule's set.
+_GROUP_RULES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("schedule", frozenset({"WARMUP", "WARMDOWN", "COOLDOWN", "FINAL", "SCHEDULE", "ANNEAL", "DECAY_STEPS"})),
+    (
+        "optimisation",
+        frozenset({"LR", "OPTIMIZER", "OPTIMISER", "WEIGHT", "DECAY", "BETA", "BETA1", "BETA2", "BETAS", "MOMENTUM",
+                   "EPS", "ADAM", "ADAMW", "MUON", "CLIP", "GRAD", "NS", "NESTEROV"}),
+    ),
+    ("batch", frozenset({"BATCH", "TOKENS", "SEQ", "ACCUM", "MICRO", "CONTEXT"})),
+    (
+        "architecture",
+        frozenset({"DEPTH", "ASPECT", "HEAD", "HEADS", "EMBD", "EMBED", "EMBEDDING", "DIM", "WIDTH", "LAYER",
+                   "LAYERS", "WINDOW", "VOCAB", "MLP", "SOFTCAP", "KV", "ROPE", "VALUE", "DROPOUT", "NORM"}),
+    ),
+)
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+
+
+class SpaceError(ValueError):
+    """A malformed constants block, an unknown name or a value that cannot be read as its parameter's kind."""
+
+
+def group_of(name: str) -> str:
+    """The parameter group of a name, derived deterministically from its tokens (see ``_GROUP_RULES``)."""
+    tokens = set(name.upper().split("_"))
+    for group, keys in _GROUP_RULES:
+        if tokens & keys:
+            return group
+    return "other"
+
+
+def eval_expression(text: str) -> Any:
+    """Evaluate a literal or a simple arithmetic expression (``2**14``, ``3e-4``, ``-1``, ``"muon"``, ``True``)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise SpaceError(f"not a literal or simple expression: {text!r}") from exc
+    return _eval_node(tree.body, text)
+
+
+def _eval_node(node: ast.AST, text: str) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _eval_node(node.operand, text)
+        if not _is_number(value):
+            raise SpaceError(f"unary sign on a non-number in {text!r}")
+        return -value if isinstance(node.op, ast.USub) else +value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval_node(node.left, text), _eval_node(node.right, text)
+        if not (_is_number(left) and _is_number(right)):
+            raise SpaceError(f"arithmetic on a non-number in {text!r}")
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise SpaceError(f"exponent too large in {text!r}")
+        try:
+            return _BINOPS[type(node.op)](left, right)
+        except (ArithmeticError, ValueError) as exc:
+            raise SpaceError(f"cannot evaluate {text!r}: {exc}") from exc
+    raise SpaceError(f"not a literal or simple expression: {text!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable constant. ``low``/``high`` for int and float, ``choices`` for choice; ``log`` scales numerics."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    log: bool = False
+    frozen: bool = False
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        errors = _param_errors(self)
+        if errors:
+            raise SpaceError(f"{self.name}: " + "; ".join(errors))
+
+    @property
+    def group(self) -> str:
+        return group_of(self.name)
+
+    def type_error(self, value: Any) -> str | None:
+        """Why ``value`` is not of this parameter's kind, or None."""
+        if self.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            return f"{self.name} takes an int, got {value!r}"
+        if self.kind == "float" and not _is_number(value):
+            return f"{self.name} takes a float, got {value!r}"
+        if self.kind == "float" and not math.isfinite(value):
+            return f"{self.name} takes a finite float, got {value!r}"
+        if self.kind == "bool" and not isinstance(value, bool):
+            return f"{self.name} takes a bool, got {value!r}"
+        return None
+
+    def range_error(self, value: Any) -> str | None:
+        """Why a value of the right kind lies outside this parameter's bounds or choices, or None."""
+        if self.kind in ("int", "float") and not (self.low <= value <= self.high):  # type: ignore[operator]
+            return f"{self.name}={value!r} is outside [{self.low}, {self.high}]"
+        if self.kind == "choice" and not any(_same(value, c) for c in self.choices):
+            return f"{self.name}={value!r} is not one of {list(self.choices)}"
+        return None
+
+    def to_unit(self, value: Any) -> float:
+        """Position of ``value`` in [0, 1]: log-aware for numerics, index for choices, 0/1 for bools."""
+        if self.kind == "bool":
+            return 1.0 if value else 0.0
+        if self.kind == "choice":
+            index = next((i for i, c in enumerate(self.choices) if _same(value, c)), 0)
+            return index / (len(self.choices) - 1) if len(self.choices) > 1 else 0.0
+        low, high, v = float(self.low), float(self.high), float(value)  # type: ignore[arg-type]
+        if high == low:
+            return 0.0
+        if self.log:
+            low, high, v = math.log(low), math.log(high), math.log(max(v, float(self.low)))  # type: ignore[arg-type]
+        return min(1.0, max(0.0, (v - low) / (high - low)))
+
+    def from_unit(self, unit: float) -> Any:
+        """The numeric value at position ``unit`` in [0, 1] (ints rounded); the inverse of ``to_unit``."""
+        unit = min(1.0, max(0.0, unit))
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if self.log:
+            value = math.exp(math.log(low) + unit * (math.log(high) - math.log(low)))
+        else:
+            value = low + unit * (high - low)
+        if self.kind == "int":
+            return int(min(self.high, max(self.low, round(value))))  # type: ignore[type-var]
+        return min(high, max(low, float(f"{value:.12g}")))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b or (_is_number(a) and _is_number(b) and a == b)
+
+
+def _param_errors(p: Param) -> list[str]:
+    if not p.name.isidentifier():
+        return [f"not an identifier: {p.name!r}"]
+    if p.kind not in KINDS:
+        return [f"unknown kind {p.kind!r} (one of {', '.join(KINDS)})"]
+    errors: list[str] = []
+    if p.kind in ("int", "float"):
+        if not (_is_number(p.low) and _is_number(p.high)):
+            return ["needs numeric bounds [low, high]"]
+        if p.kind == "int" and not (isinstance(p.low, int) and isinstance(p.high, int)):
+            errors.append("int bounds must be ints")
+        if p.low > p.high:  # type: ignore[operator]
+            errors.append(f"low {p.low} > high {p.high}")
+        if p.log and p.low <= 0:  # type: ignore[operator]
+            errors.append("log scale needs low > 0")
+        if p.choices:
+            errors.append("numeric parameters take bounds, not choices")
+    else:
+        if p.low is not None or p.high is not None:
+            errors.append(f"{p.kind} parameters take no numeric bounds")
+        if p.log:
+            errors.append("log applies to int and float only")
+    if p.kind == "choice":
+        if not p.choices:
+            errors.append("choice needs a non-empty list of choices")
+        elif len(set(map(repr, p.choices))) != len(p.choices):
+            errors.append("duplicate choices")
+        if not all(isinstance(c, int | float | str | bool) for c in p.choices):
+            errors.append("choices must be str, int, float or bool literals")
+    if p.kind == "bool" and p.choices:
+        errors.append("bool takes no choices")
+    if errors:
+        return errors
+    wrong = p.type_error(p.default) or p.range_error(p.default)
+    return [f"default: {wrong}"] if wrong else []
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered tuple of parameters with the checks and geometry the mechanisms need."""
+
+    params: tuple[Param, ...]
+    _index: Mapping[str, Param] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, Param] = {}
+        for p in self.params:
+            if p.name in index:
+                raise SpaceError(f"duplicate parameter {p.name}")
+            index[p.name] = p
+        if not index:
+            raise SpaceError("empty search space")
+        object.__setattr__(self, "_index", index)
+
+    # ---- construction and serialisation ----
+
+    @classmethod
+    def from_train_source(cls, text: str) -> SearchSpace:
+        """Parse the hyperparameter block of a train.py source text."""
+        lines = text.splitlines()
+        starts = [i for i, line in enumerate(lines) if line.strip() == BEGIN_MARKER]
+        ends = [i for i, line in enumerate(lines) if line.strip() == END_MARKER]
+        if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+            raise SpaceError("expected exactly one hyperparameter block between the begin and end markers")
+        params = []
+        for number in range(starts[0] + 1, ends[0]):
+            line = lines[number]
+            if line.strip() and not line.strip().startswith("#"):
+                params.append(_parse_line(line, number + 1))
+        return cls(tuple(params))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": [
+                {"name": p.name, "kind": p.kind, "low": p.low, "high": p.high, "choices": list(p.choices),
+                 "log": p.log, "frozen": p.frozen, "default": p.default}
+                for p in self.params
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        try:
+            return cls(tuple(Param(**{**p, "choices": tuple(p.get("choices", ()))}) for p in data["params"]))
+        except (KeyError, TypeError) as exc:
+            raise SpaceError(f"malformed search-space dict: {exc}") from exc
+
+    # ---- lookup ----
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def __getitem__(self, name: str) -> Param:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise SpaceError(self._unknown(name)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[Param]:
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def free_names(self, frozen: Iterable[str] = ()) -> tuple[str, ...]:
+        """Names neither declared frozen nor frozen by the settings, in declaration order."""
+        extra = set(frozen)
+        return tuple(p.name for p in self.params if not p.frozen and p.name not in extra)
+
+    def groups(self, frozen: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+        """Free parameter names by group, groups in ``GROUP_ORDER``, empty groups left out."""
+        free = self.free_names(frozen)
+        out = {g: tuple(n for n in free if group_of(n) == g) for g in GROUP_ORDER}
+        return {g: names for g, names in out.items() if names}
+
+    def _unknown(self, name: Any) -> str:
+        lowered = {n.lower(): n for n in self.names}
+        guess = lowered.get(str(name).lower()) or next(iter(difflib.get_close_matches(str(name), self.names, 1)), None)
+        hint = f" (did you mean {guess}?)" if guess else ""
+        return f"unknown parameter {name!r}{hint}; known: {', '.join(self.names)}"
+
+    # ---- checks ----
+
+    def check_values(self, values: Mapping[str, Any]) -> list[str]:
+        """Errors for unknown names, wrong kinds and out-of-range values (no rules about how many change)."""
+        errors = []
+        for name, value in values.items():
+            if name not in self:
+                errors.append(self._unknown(name))
+                continue
+            p = self._index[name]
+            wrong = p.type_error(value) or p.range_error(value)
+            if wrong:
+                errors.append(wrong)
+        return errors
+
+    def check_changes(
+        self, changes: Any, incumbent: Mapping[str, Any], frozen: Iterable[str] = ()
+    ) -> list[str]:
+        """Errors of a proposal's changes against the incumbent: empty list when the changes are admissible."""
+        if not isinstance(changes, Mapping):
+            return [f"changes must be a mapping of parameter name to value, got {type(changes).__name__}"]
+        if not changes:
+            return [f"no changes: propose 1 to {MAX_CHANGES} parameter changes"]
+        errors = []
+        if len(changes) > MAX_CHANGES:
+            errors.append(f"{len(changes)} changes: at most {MAX_CHANGES} per proposal")
+        extra = set(frozen)
+        for name, value in changes.items():
+            if name not in self:
+                errors.append(self._unknown(name))
+                continue
+            p = self._index[name]
+            wrong = p.type_error(value) or p.range_error(value)
+            if wrong:
+                errors.append(wrong)
+            elif p.frozen or name in extra:
+                errors.append(f"{name} is frozen")
+            elif name in incumbent and _same(incumbent[name], value):
+                errors.append(f"{name}={value!r} is the incumbent value (a no-op)")
+        return errors
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Read ``value`` (often a string from an LLM) as ``name``'s kind; raises SpaceError. Does not clamp."""
+        p = self[name]
+        if p.kind == "bool":
+            return _coerce_bool(name, value)
+        if p.kind == "choice":
+            return _coerce_choice(p, value)
+        number = eval_expression(value) if isinstance(value, str) else value
+        if not _is_number(number):
+            raise SpaceError(f"{name} takes a {p.kind}, got {value!r}")
+        if p.kind == "int":
+            if isinstance(number, float) and not number.is_integer():
+                raise SpaceError(f"{name} takes an int, got {value!r}")
+            return int(number)
+        if not math.isfinite(number):
+            raise SpaceError(f"{name} takes a finite float, got {value!r}")
+        return float(number)
+
+    # ---- geometry ----
+
+    def normalise(self, params: Mapping[str, Any]) -> list[float]:
+        """Each parameter's position in [0, 1] in declaration order (missing names read as the default)."""
+        return [p.to_unit(params.get(p.name, p.default)) for p in self.params]
+
+    def distance(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+        """Chebyshev distance in the unit cube: numerics by normalised difference, choice/bool 0 or 1 if different."""
+        worst = 0.0
+        for p in self.params:
+            va, vb = a.get(p.name, p.default), b.get(p.name, p.default)
+            if p.kind in ("int", "float"):
+                worst = max(worst, abs(p.to_unit(va) - p.to_unit(vb)))
+            elif not _same(va, vb):
+                worst = 1.0
+        return worst
+
+    def apply(self, params: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        """A full configuration: ``params`` (defaults filling gaps) with ``changes`` applied."""
+        return {**self.defaults(), **params, **changes}
+
+    def shift(self, name: str, value: Any, delta: float) -> Any:
+        """Move a numeric value by ``delta`` in unit space (log-aware), clipped to the bounds."""
+        p = self[name]
+        if p.kind not in ("int", "float"):
+            raise SpaceError(f"{name} is a {p.kind}: shift applies to int and float")
+        return p.from_unit(p.to_unit(value) + delta)
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        """A random configuration (uniform in unit space); declared-frozen parameters keep their default."""
+        out = {}
+        for p in self.params:
+            if p.frozen:
+                out[p.name] = p.default
+            elif p.kind == "bool":
+                out[p.name] = rng.random() < 0.5
+            elif p.kind == "choice":
+                out[p.name] = rng.choice(p.choices)
+            else:
+                out[p.name] = p.from_unit(rng.random())
+        return out
+
+    def neighbour(
+        self, params: Mapping[str, Any], rng: random.Random, names: Sequence[str], scale: float = 0.1
+    ) -> dict[str, Any]:
+        """Changes that move every name in ``names`` away from its value in ``params``.
+
+        Numerics take a Gaussian step of width ``scale`` in unit space (at least one int step, reflected at the
+        bounds); choices move to another choice; bools flip. A name that cannot move (a one-point range) is left out.
+        """
+        changes = {}
+        for name in names:
+            p = self[name]
+            current = params.get(name, p.default)
+            if p.kind == "bool":
+                changes[name] = not current
+            elif p.kind == "choice":
+                others = [c for c in p.choices if not _same(c, current)]
+                if others:
+                    changes[name] = rng.choice(others)
+            else:
+                moved = self._step(p, current, rng, scale)
+                if moved is not None:
+                    changes[name] = moved
+        return changes
+
+    def _step(self, p: Param, current: Any, rng: random.Random, scale: float) -> Any:
+        if p.low == p.high:
+            return None
+        unit = p.to_unit(current)
+        delta = rng.gauss(0.0, max(scale, 1e-6))
+        for _ in range(64):
+            target = unit + delta
+            if target < 0.0 or target > 1.0:
+                target = unit - delta
+            value = p.from_unit(target)
+            if not _same(value, current):
+                return value
+            delta = delta * 2 if delta else 1e-3
+        return p.from_unit(0.0 if unit > 0.5 else 1.0)
+
+    def levels(self, name: str, k: int, center: Any = None, step: float = 0.25) -> list[Any]:
+        """Up to ``k`` distinct levels of a factor for a design of experiments.
+
+        Without ``center``: evenly spread over the whole range (log-aware), or the first ``k`` choices / both bools.
+        With ``center``: numerics at ``center + (i - (k - 1) / 2) * step`` in unit space (so an odd ``k`` contains the
+        centre); choices and bools start with the centre, then the other values in declaration order.
+        """
+        if k < 1:
+            raise SpaceError("levels needs k >= 1")
+        p = self[name]
+        if p.kind in ("bool", "choice"):
+            values = [False, True] if p.kind == "bool" else list(p.choices)
+            if center is not None:
+                values = [center] + [v for v in values if not _same(v, center)]
+            return values[:k]
+        if center is None:
+            units = [i / (k - 1) if k > 1 else 0.5 for i in range(k)]
+        else:
+            units = [p.to_unit(center) + (i - (k - 1) / 2) * step for i in range(k)]
+        out: list[Any] = []
+        for unit in units:
+            value = p.from_unit(unit)
+            if not any(_same(value, seen) for seen in out):
+                out.append(value)
+        return out
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise SpaceError(f"{name} takes a bool, got {value!r}")
+
+
+def _coerce_choice(p: Param, value: Any) -> Any:
+    for choice in p.choices:
+        if _same(value, choice):
+            return choice
+    if isinstance(value, str):
+        text = value.strip().strip("'\"")
+        for choice in p.choices:
+            if isinstance(choice, str) and choice.lower() == text.lower():
+                return choice
+        try:
+            number = eval_expression(text)
+        except SpaceError:
+            number = None
+        for choice in p.choices:
+            if number is not None and _same(number, choice):
+                return choice
+    raise SpaceError(f"{p.name}={value!r} is not one of {list(p.choices)}")
+
+
+def _parse_line(line: str, number: int) -> Param:
+    where = f"line {number}: {line.strip()!r}"
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise SpaceError(f"{where}: cannot tokenize ({exc})") from exc
+    comments = [t for t in tokens if t.type == tokenize.COMMENT]
+    if len(comments) != 1:
+        raise SpaceError(f"{where}: needs a trailing comment '# kind [bounds] [log] [frozen]'")
+    code = line.strip()[: comments[0].start[1]]
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        raise SpaceError(f"{where}: not an assignment ({exc.msg})") from exc
+    stmt = tree.body[0] if len(tree.body) == 1 else None
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+        raise SpaceError(f"{where}: expected 'NAME = literal'")
+    name = stmt.targets[0].id
+    try:
+        default = _eval_node(stmt.value, ast.unparse(stmt.value))
+        kind, bounds, flags = _parse_comment(comments[0].string[1:].strip())
+        if kind in ("int", "float"):
+            if len(bounds) != 2:
+                raise SpaceError(f"{kind} needs [low, high]")
+            if kind == "float":
+                bounds = [float(b) if _is_number(b) else b for b in bounds]
+                default = float(default) if _is_number(default) else default
+            return Param(name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default)
+        if kind == "choice":
+            return Param(name, kind, choices=tuple(bounds), frozen="frozen" in flags, log="log" in flags,
+                         default=default)
+        if bounds:
+            raise SpaceError("bool takes no bounds")
+        return Param(name, kind, frozen="frozen" in flags, log="log" in flags, default=default)
+    except SpaceError as exc:
+        raise SpaceError(f"{where}: {exc}") from exc
+
+
+def _parse_comment(body: str) -> tuple[str, list[Any], set[str]]:
+    """Split ``kind [bounds] flags`` using the tokenizer; the bracket is evaluated element by element."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(body + "\n").readline)
+                  if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise SpaceError(f"cannot tokenize comment ({exc})") from exc
+    if not tokens or tokens[0].type != tokenize.NAME or tokens[0].string not in KINDS:
+        raise SpaceError(f"comment must start with a kind ({', '.join(KINDS)})")
+    rest, bounds = tokens[1:], []
+    if rest and rest[0].string == "[":
+        depth, close = 0, None
+        for i, tok in enumerate(rest):
+            depth += {"[": 1, "]": -1}.get(tok.string, 0) if tok.type == tokenize.OP else 0
+            if depth == 0:
+                close = i
+                break
+        if close is None:
+            raise SpaceError("unclosed '['")
+        text = body[rest[0].start[1] : rest[close].end[1]]
+        node = ast.parse(text, mode="eval").body
+        if not isinstance(node, ast.List):
+            raise SpaceError(f"bad bracket {text!r}")
+        bounds = [_eval_node(element, text) for element in node.elts]
+        rest = rest[close + 1 :]
+    flags = [t.string for t in rest]
+    if any(f not in ("log", "frozen") for f in flags) or len(set(flags)) != len(flags):
+        raise SpaceError(f"unexpected flags {flags}: only 'log' and 'frozen', each once")
+    return tokens[0].string, bounds, set(flags)

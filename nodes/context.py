@@ -1,0 +1,74 @@
+"""The runtime context of the inner graph: live objects that never go into state (chat model, executor, mechanisms)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from mechanisms.space import SearchSpace
+from nodes.ledger import Ledger
+from nodes.structured import LLMBudget
+from nodes.trainer import REPO_ROOT, Executor, LocalExecutor, TrainerSettings
+
+EVALUATOR_PATH = REPO_ROOT / "gpt" / "evaluate.py"
+TRAIN_PATH = REPO_ROOT / "gpt" / "train.py"
+
+# A mechanism as the nodes call it: the view in, the node's output out (a proposal, or a keep/discard decision).
+MechanismFn = Callable[[Any], dict[str, Any]]
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class InnerContext:
+    ledger: Ledger
+    space: SearchSpace
+    base_source: str  # the train.py every experiment starts from (a copy kept in the run folder)
+    trainer: TrainerSettings
+    llm: Any = None  # a LangChain chat model; None only for mechanisms that never ask it
+    budget: LLMBudget = field(default_factory=LLMBudget)
+    executor: Executor = field(default_factory=LocalExecutor)
+    propose_mechanism: MechanismFn | None = None  # None: the default LLM proposer ("llm-greedy")
+    decide_mechanism: MechanismFn | None = None  # None: greedy keep-if-better
+    mode: str = "params"  # "params" | "code"
+    noise_margin: float = 0.0  # a candidate must beat the best by more than this to be kept
+    seed: int = 0
+    deadline: float | None = None  # time.time() after which no new experiment starts
+    evaluator_sha256: str = field(default_factory=lambda: file_sha256(EVALUATOR_PATH))
+    split_sha256: str | None = None  # None: the baseline's split is the reference
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    llm_level: str = "L1"
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+@dataclass
+class OuterContext:
+    """Live objects of the outer graph. The inner context (ledger, LLM, budget, space) is shared: both loops use
+    the same LLM with the same client settings."""
+
+    inner: InnerContext
+    level: str = "2"
+    segment: int = 4  # inner iterations per outer cycle
+    generate_mode: str = "compose"  # "compose": pick and parametrise a built-in; "generate": write a module
+    max_repairs: int = 2  # repair rounds fed by the validator's errors before a candidate is dropped
+    max_new_freezes: int = 5  # Level 1.5 caps
+    min_active: int = 4
+    checkpointer: Any = None  # the run's SqliteSaver; `run_inner` gives each segment its own thread on it
+    inner_graph_mermaid: str = ""  # the inner graph as the analyst reads it (drawn by the builders in graphs/)
+    # (active, candidate) -> why the graph rebuilt with the candidate differs from the current one, or None
+    topology_check: Callable[[Any, Any], str | None] | None = None
+
+    def acts(self, step: str) -> bool:
+        """Whether an outer step acts at this level (inactive steps still run, and only pass)."""
+        levels = {"adjust": {"1.5", "2"}, "mechanism": {"2", "1+2"}}
+        return self.level in levels[step]

@@ -1,0 +1,45 @@
+"""The `evaluate` node: read the trainer's result and refuse one that the locked evaluator did not produce."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes.context import InnerContext
+from nodes.state import InnerState
+
+BUDGET_SLACK = 1.10  # training may overrun its budget by the last step; more than 10 % means the clock was tampered with
+
+
+def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str | None) -> str | None:
+    """Why `result` must be refused, or None when it is a genuine result of this run's evaluator and split."""
+    bpb = result.get("val_bpb")
+    if not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
+        return f"val_bpb is not a positive finite number: {bpb!r}"
+    if result.get("evaluator_sha256") != ctx.evaluator_sha256:
+        return "the result was not produced by the locked evaluator (evaluator sha256 differs)"
+    if expected_split is not None and result.get("split_sha256") != expected_split:
+        return "the result was measured on another data split (split sha256 differs)"
+    seconds = result.get("training_seconds")
+    if not isinstance(seconds, int | float) or seconds > ctx.trainer.budget_s * BUDGET_SLACK + 1:
+        return f"training ran {seconds!r} s for a budget of {ctx.trainer.budget_s} s"
+    return None
+
+
+def evaluate(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    outcome = dict(state["outcome"] or {})
+    experiment_id = state["pending"]["id"] if state.get("pending") else "?"
+    baseline = next((e for e in state.get("experiments", []) if e.get("split_sha256")), None)
+    expected_split = ctx.split_sha256 or (baseline or {}).get("split_sha256")
+    if outcome.get("ok"):
+        refusal = check_result(outcome["result"], ctx, expected_split)
+        if refusal:
+            outcome.update(ok=False, error=f"result refused: {refusal}", refused=True)
+    status = "ok" if outcome.get("ok") else "crash"
+    ctx.ledger.event("evaluate", event_id=f"{experiment_id}:evaluate", experiment=experiment_id, status=status,
+                     val_bpb=outcome.get("result", {}).get("val_bpb") if status == "ok" else None,
+                     error=outcome.get("error"))
+    return {"outcome": {**outcome, "status": status}}

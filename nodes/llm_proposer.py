@@ -1,0 +1,178 @@
+"""Asking the LLM for a proposal: a schema built from the real search space, every answer checked, bad ones re-asked,
+and a recorded fallback when the model cannot give a valid one. This is what `view.ask_llm` of a mechanism calls."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Literal
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import BaseModel, Field, create_model
+
+from mechanisms.space import Param, SearchSpace
+from nodes.candidate import EditError, apply_edits
+from nodes.context import InnerContext
+from nodes.prompts import CODE_SYSTEM, CODE_USER, PROPOSE_SYSTEM, PROPOSE_USER
+from nodes.state import InnerState
+from nodes.structured import ask_structured
+
+HISTORY_SHOWN = 10
+
+
+class Edit(BaseModel):
+    search: str = Field(description="exact text of train.py to replace; must occur once", max_length=4000)
+    replace: str = Field(description="the new text", max_length=4000)
+
+
+class CodeProposal(BaseModel):
+    edits: list[Edit] = Field(min_length=1, max_length=3)
+    hypothesis: str = Field(max_length=2000)
+    expected_direction: Literal["lower", "higher"]
+
+
+def allowed_names(space: SearchSpace, frozen: list[str], only: list[str] | None) -> list[str]:
+    return [p.name for p in space.params if not p.frozen and p.name not in frozen and (only is None or p.name in only)]
+
+
+def proposal_schema(names: list[str]) -> type[BaseModel]:
+    """A proposal schema whose parameter names are exactly the allowed ones (a constrained decoder then cannot
+    invent a name; any other endpoint's invented name fails validation and is re-asked)."""
+    change = create_model(
+        "Change",
+        name=(Literal[tuple(names)], Field(description="parameter to change")),  # type: ignore[valid-type]
+        value=(str, Field(description="its new value, e.g. 0.01, 8, adamw", max_length=64)),
+    )
+    return create_model(
+        "Proposal",
+        changes=(list[change], Field(min_length=1, max_length=3)),  # type: ignore[valid-type]
+        hypothesis=(str, Field(description="why this should lower val_bpb", max_length=2000)),
+        expected_direction=(Literal["lower", "higher"], Field(description="expected direction of val_bpb")),
+    )
+
+
+def format_history(experiments: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in experiments[-HISTORY_SHOWN:]:
+        bpb = f"{e['val_bpb']:.6f}" if isinstance(e.get("val_bpb"), float) else "crash"
+        lines.append(f"{e['id']} {e['status']:<7} {bpb}  {e['description']}  | {e.get('hypothesis', '')[:120]}")
+    return "\n".join(lines) or "(none yet)"
+
+
+def describe_param(p: Param) -> str:
+    if p.kind == "choice":
+        return f"one of {list(p.choices)}"
+    if p.kind == "bool":
+        return "true or false"
+    return f"{p.kind} in [{p.low:g}, {p.high:g}]{' (log scale)' if p.log else ''}"
+
+
+def format_space(space: SearchSpace, incumbent: dict[str, Any], names: list[str]) -> str:
+    return "\n".join(f"{p.name} = {incumbent.get(p.name)!r}  {describe_param(p)}" for p in space.params
+                     if p.name in names)
+
+
+def ask_llm(state: InnerState, ctx: InnerContext, guidance: str = "", constraints: dict[str, Any] | None = None,
+            *, caller: str = "propose") -> dict[str, Any]:
+    """A valid proposal from the LLM, or a recorded fallback. Raises LLMBudgetExhausted when the budget is spent."""
+    constraints = constraints or {}
+    if ctx.mode == "code" and not constraints.get("only"):
+        return _ask_code(state, ctx, guidance, caller)
+    settings = state.get("settings", {})
+    frozen = list(settings.get("frozen", []))
+    names = allowed_names(ctx.space, frozen, constraints.get("only"))
+    if not names:
+        return fallback_proposal(state, ctx, "no parameter is free to change under these constraints", names)
+    incumbent = state.get("incumbent", {})
+    prompt = PROPOSE_USER.format(
+        space=format_space(ctx.space, incumbent, names), frozen=", ".join(frozen) or "none",
+        strategy=settings.get("strategy", "explore"), guidance=settings.get("guidance", "") or "none",
+        history=format_history(state.get("experiments", [])), best=state.get("best_bpb"),
+        extra=f"Additional guidance for this proposal: {guidance}\n" if guidance else "",
+    )
+    parsed: dict[str, Any] = {}
+
+    def check(answer: BaseModel) -> str | None:
+        changes: dict[str, Any] = {}
+        errors: list[str] = []
+        for change in answer.changes:  # type: ignore[attr-defined]
+            try:
+                changes[change.name] = ctx.space.coerce(change.name, change.value)
+            except ValueError as e:
+                errors.append(str(e))
+        errors += ctx.space.check_changes(changes, incumbent, frozen)
+        if errors:
+            return "; ".join(errors)
+        parsed["changes"] = changes
+        return None
+
+    answer = ask_structured(
+        ctx.llm, proposal_schema(names), [SystemMessage(PROPOSE_SYSTEM), HumanMessage(prompt)], node=caller,
+        level=ctx.llm_level, budget=ctx.budget, record=_recorder(ctx, state), check=check,
+    )
+    if answer.fallback or answer.value is None:
+        return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid answer", names)
+    return {"changes": parsed["changes"], "hypothesis": answer.value.hypothesis,  # type: ignore[attr-defined]
+            "expected_direction": answer.value.expected_direction,  # type: ignore[attr-defined]
+            "source": "llm", "attempts": answer.attempts, "rejected": answer.errors}
+
+
+def _ask_code(state: InnerState, ctx: InnerContext, guidance: str, caller: str) -> dict[str, Any]:
+    from nodes.train import incumbent_source  # the train node owns how a candidate's source is assembled
+
+    source = incumbent_source(state, ctx)
+    prompt = CODE_USER.format(source=source, history=format_history(state.get("experiments", [])),
+                              best=state.get("best_bpb"), guidance=state.get("settings", {}).get("guidance") or "none",
+                              extra=f"Additional guidance: {guidance}\n" if guidance else "")
+
+    def check(answer: BaseModel) -> str | None:
+        try:
+            apply_edits(source, [e.model_dump() for e in answer.edits])  # type: ignore[attr-defined]
+        except EditError as e:
+            return str(e)
+        return None
+
+    answer = ask_structured(ctx.llm, CodeProposal, [SystemMessage(CODE_SYSTEM), HumanMessage(prompt)], node=caller,
+                            level=ctx.llm_level, budget=ctx.budget, record=_recorder(ctx, state), check=check)
+    if answer.fallback or answer.value is None:
+        names = allowed_names(ctx.space, list(state.get("settings", {}).get("frozen", [])), None)
+        return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid edit", names)
+    value: CodeProposal = answer.value  # type: ignore[assignment]
+    return {"changes": {}, "edits": [e.model_dump() for e in value.edits], "hypothesis": value.hypothesis,
+            "expected_direction": value.expected_direction, "source": "llm", "attempts": answer.attempts,
+            "rejected": answer.errors}
+
+
+def fallback_proposal(state: InnerState, ctx: InnerContext, why: str, names: list[str]) -> dict[str, Any]:
+    """A seeded one-parameter step from the incumbent, used when the LLM gave no valid answer; always recorded."""
+    rng = random.Random(f"{ctx.seed}:{state.get('iteration', 0)}:fallback")
+    incumbent = state.get("incumbent", {})
+    frozen = list(state.get("settings", {}).get("frozen", []))
+    candidates = names or allowed_names(ctx.space, frozen, None)
+    for _ in range(50):
+        name = rng.choice(candidates)
+        step = ctx.space.neighbour(incumbent, rng, [name], 0.25)
+        changes = {name: step[name]}
+        if not ctx.space.check_changes(changes, incumbent, frozen):
+            break
+    ctx.ledger.event("proposal_fallback", iteration=state.get("iteration", 0), reason=why, changes=changes)
+    return {"changes": changes, "hypothesis": f"fallback step (the LLM gave no valid proposal: {why[:200]})",
+            "expected_direction": "lower", "source": "fallback", "attempts": 0, "rejected": [why]}
+
+
+def _recorder(ctx: InnerContext, state: InnerState):  # type: ignore[no-untyped-def]
+    iteration = state.get("iteration", 0)
+
+    def record(entry: dict[str, Any]) -> None:
+        ctx.ledger.event(entry.pop("event", "llm_call"), iteration=iteration,
+                         **{k: (v if _jsonable(v) else str(v)) for k, v in entry.items()})
+
+    return record
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
