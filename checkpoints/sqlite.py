@@ -42,6 +42,7 @@ def open_checkpointer(run_dir: Path) -> Iterator[SqliteSaver]:
 
 
 def _unusable(path: Path, why: str) -> str:
-    return (f"the checkpoint database {path} is corrupt ({why}). The ledger (results.tsv, trace.jsonl, experiments/) "
-            f"is intact: move the database aside and run `python -m graphs.bilevel resume --from-ledger {path.parent.parent}`"
-            " to continue from the experiments the ledger records.")
+    return (
+        f"the checkpoint database {path} is corrupt ({why}). The ledger (results.tsv, trace.jsonl, experiments/) "
+        "does not depend on it and is intact; move the database aside to keep it for inspection."
+    )

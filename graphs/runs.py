@@ -57,9 +57,15 @@ class RunConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def trainer(self) -> TrainerSettings:
-        return TrainerSettings(budget_s=self.budget_s, device=self.device, corpus=self.corpus,
-                               vocab_size=self.vocab_size, eval_tokens=self.eval_tokens, seed=self.seed,
-                               kill_after_s=self.kill_after_s)
+        return TrainerSettings(
+            budget_s=self.budget_s,
+            device=self.device,
+            corpus=self.corpus,
+            vocab_size=self.vocab_size,
+            eval_tokens=self.eval_tokens,
+            seed=self.seed,
+            kill_after_s=self.kill_after_s,
+        )
 
 
 def new_run_dir(root: Path, label: str) -> Path:
@@ -89,16 +95,38 @@ def restore_budget(config: RunConfig, ledger: Ledger) -> LLMBudget:
     return budget
 
 
-def make_context(config: RunConfig, ledger: Ledger, llm: Any, budget: LLMBudget,
-                 executor: Executor | None = None) -> InnerContext:
+def make_context(
+    config: RunConfig, ledger: Ledger, llm: Any, budget: LLMBudget, executor: Executor | None = None
+) -> InnerContext:
     source = base_source(Path(config.run_dir))
     deadline = config.started + config.time_limit_s if config.time_limit_s else None
-    return InnerContext(ledger=ledger, space=SearchSpace.from_train_source(source), base_source=source,
-                        trainer=config.trainer(), llm=llm, budget=budget, executor=executor or LocalExecutor(),
-                        mode=config.mode, noise_margin=config.noise_margin, seed=config.seed, deadline=deadline)
+    return InnerContext(
+        ledger=ledger,
+        space=SearchSpace.from_train_source(source),
+        base_source=source,
+        trainer=config.trainer(),
+        llm=llm,
+        budget=budget,
+        executor=executor or LocalExecutor(),
+        mode=config.mode,
+        noise_margin=config.noise_margin,
+        seed=config.seed,
+        deadline=deadline,
+    )
 
 
 def initial_inner_state(space: SearchSpace, stop_at: int) -> InnerState:
-    return InnerState(iteration=0, stop_at=stop_at, experiments=[], incumbent=space.defaults(), incumbent_id=None,
-                      best_bpb=None, best_id=None, pending=None, outcome=None,
-                      settings={"strategy": "explore", "frozen": [], "guidance": ""}, mechanisms={}, stop_reason=None)
+    return InnerState(
+        iteration=0,
+        stop_at=stop_at,
+        experiments=[],
+        incumbent=space.defaults(),
+        incumbent_id=None,
+        best_bpb=None,
+        best_id=None,
+        pending=None,
+        outcome=None,
+        settings={"strategy": "explore", "frozen": [], "guidance": ""},
+        mechanisms={},
+        stop_reason=None,
+    )

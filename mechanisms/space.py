@@ -29,14 +29,56 @@ _GROUP_RULES: tuple[tuple[str, frozenset[str]], ...] = (
     ("schedule", frozenset({"WARMUP", "WARMDOWN", "COOLDOWN", "FINAL", "SCHEDULE", "ANNEAL", "DECAY_STEPS"})),
     (
         "optimisation",
-        frozenset({"LR", "OPTIMIZER", "OPTIMISER", "WEIGHT", "DECAY", "BETA", "BETA1", "BETA2", "BETAS", "MOMENTUM",
-                   "EPS", "ADAM", "ADAMW", "MUON", "CLIP", "GRAD", "NS", "NESTEROV"}),
+        frozenset(
+            {
+                "LR",
+                "OPTIMIZER",
+                "OPTIMISER",
+                "WEIGHT",
+                "DECAY",
+                "BETA",
+                "BETA1",
+                "BETA2",
+                "BETAS",
+                "MOMENTUM",
+                "EPS",
+                "ADAM",
+                "ADAMW",
+                "MUON",
+                "CLIP",
+                "GRAD",
+                "NS",
+                "NESTEROV",
+            }
+        ),
     ),
     ("batch", frozenset({"BATCH", "TOKENS", "SEQ", "ACCUM", "MICRO", "CONTEXT"})),
     (
         "architecture",
-        frozenset({"DEPTH", "ASPECT", "HEAD", "HEADS", "EMBD", "EMBED", "EMBEDDING", "DIM", "WIDTH", "LAYER",
-                   "LAYERS", "WINDOW", "VOCAB", "MLP", "SOFTCAP", "KV", "ROPE", "VALUE", "DROPOUT", "NORM"}),
+        frozenset(
+            {
+                "DEPTH",
+                "ASPECT",
+                "HEAD",
+                "HEADS",
+                "EMBD",
+                "EMBED",
+                "EMBEDDING",
+                "DIM",
+                "WIDTH",
+                "LAYER",
+                "LAYERS",
+                "WINDOW",
+                "VOCAB",
+                "MLP",
+                "SOFTCAP",
+                "KV",
+                "ROPE",
+                "VALUE",
+                "DROPOUT",
+                "NORM",
+            }
+        ),
     ),
 )
 _BINOPS = {
@@ -244,8 +286,16 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "params": [
-                {"name": p.name, "kind": p.kind, "low": p.low, "high": p.high, "choices": list(p.choices),
-                 "log": p.log, "frozen": p.frozen, "default": p.default}
+                {
+                    "name": p.name,
+                    "kind": p.kind,
+                    "low": p.low,
+                    "high": p.high,
+                    "choices": list(p.choices),
+                    "log": p.log,
+                    "frozen": p.frozen,
+                    "default": p.default,
+                }
                 for p in self.params
             ]
         }
@@ -313,9 +363,7 @@ class SearchSpace:
                 errors.append(wrong)
         return errors
 
-    def check_changes(
-        self, changes: Any, incumbent: Mapping[str, Any], frozen: Iterable[str] = ()
-    ) -> list[str]:
+    def check_changes(self, changes: Any, incumbent: Mapping[str, Any], frozen: Iterable[str] = ()) -> list[str]:
         """Errors of a proposal's changes against the incumbent: empty list when the changes are admissible."""
         if not isinstance(changes, Mapping):
             return [f"changes must be a mapping of parameter name to value, got {type(changes).__name__}"]
@@ -523,8 +571,9 @@ def _parse_line(line: str, number: int) -> Param:
                 default = float(default) if _is_number(default) else default
             return Param(name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default)
         if kind == "choice":
-            return Param(name, kind, choices=tuple(bounds), frozen="frozen" in flags, log="log" in flags,
-                         default=default)
+            return Param(
+                name, kind, choices=tuple(bounds), frozen="frozen" in flags, log="log" in flags, default=default
+            )
         if bounds:
             raise SpaceError("bool takes no bounds")
         return Param(name, kind, frozen="frozen" in flags, log="log" in flags, default=default)
@@ -535,8 +584,11 @@ def _parse_line(line: str, number: int) -> Param:
 def _parse_comment(body: str) -> tuple[str, list[Any], set[str]]:
     """Split ``kind [bounds] flags`` using the tokenizer; the bracket is evaluated element by element."""
     try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(body + "\n").readline)
-                  if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(body + "\n").readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        ]
     except (tokenize.TokenError, SyntaxError) as exc:
         raise SpaceError(f"cannot tokenize comment ({exc})") from exc
     if not tokens or tokens[0].type != tokenize.NAME or tokens[0].string not in KINDS:

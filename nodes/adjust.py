@@ -28,8 +28,9 @@ def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:
     )
 
 
-def apply_caps(current: list[str], freeze: list[str], unfreeze: list[str], free: tuple[str, ...],
-               max_new: int, min_active: int) -> tuple[list[str], list[str]]:
+def apply_caps(
+    current: list[str], freeze: list[str], unfreeze: list[str], free: tuple[str, ...], max_new: int, min_active: int
+) -> tuple[list[str], list[str]]:
     """The frozen list after an adjustment, and the notes of what the caps refused."""
     notes: list[str] = []
     frozen = [n for n in current if n not in set(unfreeze)]
@@ -55,27 +56,47 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     segments = state.get("segments", [])
     prompt = ADJUST_USER.format(
         stats=json.dumps(parameter_stats(inner.get("experiments", [])), indent=1),
-        frozen=settings.get("frozen") or "none", strategy=settings.get("strategy", "explore"),
-        best=inner.get("best_bpb"), n=len(inner.get("experiments", [])),
+        frozen=settings.get("frozen") or "none",
+        strategy=settings.get("strategy", "explore"),
+        best=inner.get("best_bpb"),
+        n=len(inner.get("experiments", [])),
         progress=segments[-1]["progress"] if segments else "n/a",
     )
     ctx.inner.llm_level = "L1.5"
     try:
-        answer = ask_structured(ctx.inner.llm, adjustment_schema(free), [SystemMessage(ADJUST_SYSTEM),
-                                HumanMessage(prompt)], node="adjust", level="L1.5", budget=ctx.inner.budget,
-                                record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e))
+        answer = ask_structured(
+            ctx.inner.llm,
+            adjustment_schema(free),
+            [SystemMessage(ADJUST_SYSTEM), HumanMessage(prompt)],
+            node="adjust",
+            level="L1.5",
+            budget=ctx.inner.budget,
+            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+        )
     except LLMBudgetExhausted as e:
         return {"stop_reason": str(e)}
     finally:
         ctx.inner.llm_level = "L1"
     if answer.value is None:
-        ctx.inner.ledger.event("adjust", cycle=state.get("cycle", 0), applied=False, errors=answer.errors,
-                               note="no valid adjustment: settings unchanged (recorded fallback)")
+        ctx.inner.ledger.event(
+            "adjust",
+            cycle=state.get("cycle", 0),
+            applied=False,
+            errors=answer.errors,
+            note="no valid adjustment: settings unchanged (recorded fallback)",
+        )
         return {}
     value: Any = answer.value
-    frozen, notes = apply_caps(list(settings.get("frozen", [])), list(value.freeze), list(value.unfreeze), free,
-                               ctx.max_new_freezes, ctx.min_active)
+    frozen, notes = apply_caps(
+        list(settings.get("frozen", [])),
+        list(value.freeze),
+        list(value.unfreeze),
+        free,
+        ctx.max_new_freezes,
+        ctx.min_active,
+    )
     new_settings = {"strategy": value.strategy, "frozen": frozen, "guidance": value.guidance}
-    ctx.inner.ledger.event("adjust", cycle=state.get("cycle", 0), applied=True, before=settings,
-                           after=new_settings, cap_notes=notes)
+    ctx.inner.ledger.event(
+        "adjust", cycle=state.get("cycle", 0), applied=True, before=settings, after=new_settings, cap_notes=notes
+    )
     return {"inner": {**inner, "settings": new_settings}}

@@ -37,17 +37,24 @@ def trace_summary(experiments: list[dict[str, Any]], free: tuple[str, ...]) -> d
         else:
             since_best += 1
     touched = {n for e in experiments for n in e.get("changes", {})}
-    return {"experiments": len(experiments), "kept": sum(e["status"] == "keep" for e in experiments),
-            "crashes": sum(e["status"] == "crash" for e in experiments),
-            "repeated_configurations": repeated_proposals(experiments), "experiments_since_last_best": since_best,
-            "never_changed": sorted(set(free) - touched),
-            "fallback_proposals": sum(e.get("proposal_source") == "fallback" for e in experiments)}
+    return {
+        "experiments": len(experiments),
+        "kept": sum(e["status"] == "keep" for e in experiments),
+        "crashes": sum(e["status"] == "crash" for e in experiments),
+        "repeated_configurations": repeated_proposals(experiments),
+        "experiments_since_last_best": since_best,
+        "never_changed": sorted(set(free) - touched),
+        "fallback_proposals": sum(e.get("proposal_source") == "fallback" for e in experiments),
+    }
 
 
 def fallback_diagnosis(summary: dict[str, Any]) -> dict[str, Any]:
     """A diagnosis from the figures alone, used when the LLM's answer is not valid."""
     if summary["repeated_configurations"]:
-        bottleneck, ideas = "the search revisits configurations it already tried", ["tabu search over visited configurations"]
+        bottleneck, ideas = (
+            "the search revisits configurations it already tried",
+            ["tabu search over visited configurations"],
+        )
     elif summary["experiments_since_last_best"] >= 3:
         bottleneck, ideas = "the search has stagnated", ["stagnation-triggered diversification", "simulated annealing"]
     elif summary["never_changed"]:
@@ -65,17 +72,29 @@ def analyze(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
     experiments = inner.get("experiments", [])
     summary = trace_summary(experiments, ctx.inner.space.free_names(inner.get("settings", {}).get("frozen", [])))
     active = state["active"]
-    prompt = ANALYZE_USER.format(graph=ctx.inner_graph_mermaid, mechanism=active["id"],
-                                 source=mechanism_source(active, ctx.inner.ledger.root), summary=json.dumps(summary),
-                                 stats=json.dumps(parameter_stats(experiments)), history=format_history(experiments))
+    prompt = ANALYZE_USER.format(
+        graph=ctx.inner_graph_mermaid,
+        mechanism=active["id"],
+        source=mechanism_source(active, ctx.inner.ledger.root),
+        summary=json.dumps(summary),
+        stats=json.dumps(parameter_stats(experiments)),
+        history=format_history(experiments),
+    )
     try:
-        answer = ask_structured(ctx.inner.llm, Diagnosis, [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)],
-                                node="analyze", level="L2", budget=ctx.inner.budget,
-                                record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e))
+        answer = ask_structured(
+            ctx.inner.llm,
+            Diagnosis,
+            [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)],
+            node="analyze",
+            level="L2",
+            budget=ctx.inner.budget,
+            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+        )
     except LLMBudgetExhausted as e:
         return {"stop_reason": str(e)}
-    diagnosis = ({**answer.value.model_dump(), "source": "llm"} if answer.value is not None
-                 else fallback_diagnosis(summary))
+    diagnosis = (
+        {**answer.value.model_dump(), "source": "llm"} if answer.value is not None else fallback_diagnosis(summary)
+    )
     diagnosis["trace_summary"] = summary
     ctx.inner.ledger.event("analyze", cycle=state.get("cycle", 0), diagnosis=diagnosis, errors=answer.errors)
     return {"diagnosis": diagnosis, "repairs": 0, "validation": None}

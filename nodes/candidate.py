@@ -12,8 +12,30 @@ BLOCK_END = "# ---- end of hyperparameters ----"
 
 # Names a code edit may not introduce: they reach outside the experiment (files, processes, the network, secrets).
 FORBIDDEN_NAMES = frozenset(
-    {"open", "exec", "eval", "compile", "__import__", "importlib", "subprocess", "socket", "os", "sys", "shutil",
-     "pathlib", "Path", "environ", "getattr", "setattr", "globals", "locals", "builtins", "pickle", "marshal", "ctypes"}
+    {
+        "open",
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "importlib",
+        "subprocess",
+        "socket",
+        "os",
+        "sys",
+        "shutil",
+        "pathlib",
+        "Path",
+        "environ",
+        "getattr",
+        "setattr",
+        "globals",
+        "locals",
+        "builtins",
+        "pickle",
+        "marshal",
+        "ctypes",
+    }
 )
 
 
@@ -37,8 +59,12 @@ def rewrite_constants(source: str, values: dict[str, Any]) -> str:
     start, end = block_lines(source)
     spans: dict[str, ast.expr] = {}
     for node in ast.parse(source).body:
-        if (isinstance(node, ast.Assign) and start < node.lineno < end and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)):
+        if (
+            isinstance(node, ast.Assign)
+            and start < node.lineno < end
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             spans[node.targets[0].id] = node.value
     missing = sorted(set(values) - set(spans))
     if missing:
@@ -71,8 +97,9 @@ def _locked_statements(tree: ast.Module) -> Counter[str]:
     locked = _locked_names(tree)
     found: Counter[str] = Counter()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt) or isinstance(node, ast.FunctionDef | ast.ClassDef | ast.If | ast.For |
-                                                        ast.While | ast.With | ast.Try):
+        if not isinstance(node, ast.stmt) or isinstance(
+            node, ast.FunctionDef | ast.ClassDef | ast.If | ast.For | ast.While | ast.With | ast.Try
+        ):
             continue
         uses = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         is_import = isinstance(node, ast.Import | ast.ImportFrom) and _locked_names(ast.Module([node], [])) != set()

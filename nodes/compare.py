@@ -31,8 +31,14 @@ def compare(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
     before = segments[-2] if len(segments) > 1 else None
     keep, evidence = judge(trial, before)
     active, previous = state["active"], state.get("previous")
-    decision = {"cycle": state.get("cycle", 0), "event": "kept" if keep else "rolled_back", "mechanism": active["id"],
-                "evidence": evidence, "segment": trial, "segment_before": before}
+    decision = {
+        "cycle": state.get("cycle", 0),
+        "event": "kept" if keep else "rolled_back",
+        "mechanism": active["id"],
+        "evidence": evidence,
+        "segment": trial,
+        "segment_before": before,
+    }
     ctx.inner.ledger.event("compare", **decision)
     folder = ctx.inner.ledger.mechanism_dir(active["id"].replace("@", "-"))
     write_json_atomic(folder / "effect.json", decision)

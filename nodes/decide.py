@@ -64,7 +64,7 @@ def make_decide(mechanism: Mechanism | None) -> Node:
 
 
 def decide_step(state: InnerState, ctx: InnerContext, mechanism: Mechanism | None) -> dict[str, Any]:
-    pending, outcome = state["pending"] or {}, state["outcome"] or {}
+    outcome = state["outcome"] or {}
     experiments = list(state.get("experiments", []))
     best = state.get("best_bpb")
     decision: dict[str, Any] | None = None
@@ -81,8 +81,12 @@ def decide_step(state: InnerState, ctx: InnerContext, mechanism: Mechanism | Non
 
     record = experiment_record(state, status, reason)
     experiments.append(record)
-    updates: dict[str, Any] = {"experiments": experiments, "pending": None, "outcome": None,
-                               "iteration": state.get("iteration", 0) + 1}
+    updates: dict[str, Any] = {
+        "experiments": experiments,
+        "pending": None,
+        "outcome": None,
+        "iteration": state.get("iteration", 0) + 1,
+    }
     bpb = record["val_bpb"]
     if status == "keep":
         updates.update(incumbent=record["params"], incumbent_id=record["id"])
@@ -119,5 +123,7 @@ def _progress_line(ctx: InnerContext, record: dict[str, Any], best: float | None
     colour = {"keep": "green", "discard": "yellow", "crash": "red"}[record["status"]]
     bpb = f"{record['val_bpb']:.6f}" if isinstance(record["val_bpb"], float) else "   —    "
     best_text = f"{best:.6f}" if best is not None else "—"
-    ctx.console.print(f"[bold]{record['id']}[/] [{colour}]{record['status']:<7}[/] val_bpb {bpb}  best {best_text}  "
-                      f"{record['mechanism']:<18} {record['description'][:70]}")
+    ctx.console.print(
+        f"[bold]{record['id']}[/] [{colour}]{record['status']:<7}[/] val_bpb {bpb}  best {best_text}  "
+        f"{record['mechanism']:<18} {record['description'][:70]}"
+    )

@@ -10,7 +10,9 @@ from langgraph.runtime import Runtime
 from nodes.context import InnerContext
 from nodes.state import InnerState
 
-BUDGET_SLACK = 1.10  # training may overrun its budget by the last step; more than 10 % means the clock was tampered with
+BUDGET_SLACK = (
+    1.10  # training may overrun its budget by the last step; more than 10 % means the clock was tampered with
+)
 
 
 def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str | None) -> str | None:
@@ -39,7 +41,12 @@ def evaluate(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any
         if refusal:
             outcome.update(ok=False, error=f"result refused: {refusal}", refused=True)
     status = "ok" if outcome.get("ok") else "crash"
-    ctx.ledger.event("evaluate", event_id=f"{experiment_id}:evaluate", experiment=experiment_id, status=status,
-                     val_bpb=outcome.get("result", {}).get("val_bpb") if status == "ok" else None,
-                     error=outcome.get("error"))
+    ctx.ledger.event(
+        "evaluate",
+        event_id=f"{experiment_id}:evaluate",
+        experiment=experiment_id,
+        status=status,
+        val_bpb=outcome.get("result", {}).get("val_bpb") if status == "ok" else None,
+        error=outcome.get("error"),
+    )
     return {"outcome": {**outcome, "status": status}}

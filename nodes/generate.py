@@ -7,7 +7,6 @@ the LLM picks a built-in mechanism family and its parameters through structured 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any, Literal
@@ -17,9 +16,10 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from nodes.context import OuterContext
+from nodes.mechanism_calls import mechanism_record
 from nodes.mechanism_loader import builtin_catalogue, builtin_source, coerce_builtin_params, mechanism_source
 from nodes.prompts import COMPOSE_SYSTEM, COMPOSE_USER, GENERATE_SYSTEM, GENERATE_USER
-from nodes.state import MechanismRecord, OuterState
+from nodes.state import OuterState
 from nodes.structured import LLMBudgetExhausted, ask_structured
 
 MAX_SOURCE_CHARS = 20_000
@@ -45,13 +45,6 @@ def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
     )
 
 
-def mechanism_record(name: str, origin: str, source: str, params: dict[str, Any] | None = None) -> MechanismRecord:
-    sha = hashlib.sha256(source.encode()).hexdigest()
-    digest = hashlib.sha256((sha + json.dumps(params or {}, sort_keys=True)).encode()).hexdigest()
-    return MechanismRecord(id=f"{name}@{digest[:8]}", name=name, target="propose", origin=origin, sha256=sha,
-                           params=params or {})
-
-
 def _families(active: str) -> str:
     lines = []
     for name, entry in builtin_catalogue().items():
@@ -66,9 +59,13 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     diagnosis = state.get("diagnosis") or {}
     catalogue = {n: e for n, e in builtin_catalogue().items() if e["target"] == "propose"}
     families = tuple(catalogue)
-    prompt = COMPOSE_USER.format(bottleneck=diagnosis.get("bottleneck"), evidence=diagnosis.get("evidence"),
-                                 ideas="; ".join(diagnosis.get("ideas", [])), families=_families(state["active"]["id"]),
-                                 active=state["active"]["name"])
+    prompt = COMPOSE_USER.format(
+        bottleneck=diagnosis.get("bottleneck"),
+        evidence=diagnosis.get("evidence"),
+        ideas="; ".join(diagnosis.get("ideas", [])),
+        families=_families(state["active"]["id"]),
+        active=state["active"]["name"],
+    )
     chosen: dict[str, Any] = {}
 
     def check(answer: BaseModel) -> str | None:
@@ -79,9 +76,16 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
             return str(e)
         return None
 
-    answer = ask_structured(ctx.inner.llm, composition_schema(families), [SystemMessage(COMPOSE_SYSTEM),
-                            HumanMessage(prompt)], node="generate", level="L2", budget=ctx.inner.budget,
-                            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e), check=check)
+    answer = ask_structured(
+        ctx.inner.llm,
+        composition_schema(families),
+        [SystemMessage(COMPOSE_SYSTEM), HumanMessage(prompt)],
+        node="generate",
+        level="L2",
+        budget=ctx.inner.budget,
+        record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+        check=check,
+    )
     if answer.value is None:
         # Recorded fallback: the family the diagnosis' own figures point to, with its default parameters.
         family = _family_for(diagnosis, families, state["active"]["name"])
@@ -90,15 +94,29 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         value: Any = answer.value
         family, rationale, source = value.family, value.rationale, "llm"
     record = mechanism_record(family, "composed", builtin_source(family), chosen["params"])
-    ctx.inner.ledger.event("generate", cycle=state.get("cycle", 0), mode="compose", candidate=record,
-                           rationale=rationale, source=source, errors=answer.errors)
+    ctx.inner.ledger.event(
+        "generate",
+        cycle=state.get("cycle", 0),
+        mode="compose",
+        candidate=record,
+        rationale=rationale,
+        source=source,
+        errors=answer.errors,
+    )
     return {"candidate": record, "candidate_source": builtin_source(family)}
 
 
 def _family_for(diagnosis: dict[str, Any], families: tuple[str, ...], active: str) -> str:
     text = (diagnosis.get("bottleneck", "") + " " + " ".join(diagnosis.get("ideas", []))).lower()
-    for word, family in (("tabu", "tabu"), ("revisit", "tabu"), ("stagnat", "stagnation"), ("bandit", "bandit"),
-                         ("design", "doe"), ("explored", "doe"), ("anneal", "stagnation")):
+    for word, family in (
+        ("tabu", "tabu"),
+        ("revisit", "tabu"),
+        ("stagnat", "stagnation"),
+        ("bandit", "bandit"),
+        ("design", "doe"),
+        ("explored", "doe"),
+        ("anneal", "stagnation"),
+    ):
         if word in text and family in families and family != active:
             return family
     return next(f for f in families if f != active)
@@ -109,24 +127,43 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     validation = state.get("validation") or {}
     repair = ""
     if validation and not validation.get("ok") and state.get("candidate_source"):
-        repair = (f"\nYour previous module was refused by the validator:\n{json.dumps(validation.get('errors'))}\n"
-                  f"The refused module:\n```python\n{state['candidate_source']}\n```\nFix it.\n")
-    prompt = GENERATE_USER.format(bottleneck=diagnosis.get("bottleneck"), evidence=diagnosis.get("evidence"),
-                                  ideas="; ".join(diagnosis.get("ideas", [])),
-                                  source=mechanism_source(state["active"], ctx.inner.ledger.root), repair=repair)
-    answer = ask_structured(ctx.inner.llm, GeneratedMechanism, [SystemMessage(GENERATE_SYSTEM), HumanMessage(prompt)],
-                            node="generate", level="L2", budget=ctx.inner.budget,
-                            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e))
+        repair = (
+            f"\nYour previous module was refused by the validator:\n{json.dumps(validation.get('errors'))}\n"
+            f"The refused module:\n```python\n{state['candidate_source']}\n```\nFix it.\n"
+        )
+    prompt = GENERATE_USER.format(
+        bottleneck=diagnosis.get("bottleneck"),
+        evidence=diagnosis.get("evidence"),
+        ideas="; ".join(diagnosis.get("ideas", [])),
+        source=mechanism_source(state["active"], ctx.inner.ledger.root),
+        repair=repair,
+    )
+    answer = ask_structured(
+        ctx.inner.llm,
+        GeneratedMechanism,
+        [SystemMessage(GENERATE_SYSTEM), HumanMessage(prompt)],
+        node="generate",
+        level="L2",
+        budget=ctx.inner.budget,
+        record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+    )
     if answer.value is None:
-        ctx.inner.ledger.event("generate", cycle=state.get("cycle", 0), mode="generate", candidate=None,
-                               errors=answer.errors)
+        ctx.inner.ledger.event(
+            "generate", cycle=state.get("cycle", 0), mode="generate", candidate=None, errors=answer.errors
+        )
         return {"candidate": None, "candidate_source": None}
     value: GeneratedMechanism = answer.value  # type: ignore[assignment]
     source = _strip_fences(value.source)
     name = re.sub(r"[^a-z0-9_]", "_", value.name.lower())[:40] or "generated"
     record = mechanism_record(name, "generated", source)
-    ctx.inner.ledger.event("generate", cycle=state.get("cycle", 0), mode="generate", candidate=record,
-                           rationale=value.rationale, repair_round=state.get("repairs", 0))
+    ctx.inner.ledger.event(
+        "generate",
+        cycle=state.get("cycle", 0),
+        mode="generate",
+        candidate=record,
+        rationale=value.rationale,
+        repair_round=state.get("repairs", 0),
+    )
     return {"candidate": record, "candidate_source": source}
 
 

@@ -32,14 +32,37 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     write_json_atomic(folder / "record.json", record)
     problem = ctx.topology_check(state["active"], record) if ctx.topology_check else None
     if problem:
-        ctx.inner.ledger.event("inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=False,
-                               reason=problem)
-        return {"candidate": None, "history": [*state.get("history", []),
-                                               {"cycle": state.get("cycle", 0), "event": "refused",
-                                                "mechanism": record["id"], "reason": problem}]}
-    ctx.inner.ledger.event("inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=True,
-                           replaces=state["active"]["id"], origin=record["origin"])
-    return {"active": record, "previous": state["active"], "on_trial": True, "candidate": None,
-            "history": [*state.get("history", []), {"cycle": state.get("cycle", 0), "event": "injected",
-                                                    "mechanism": record["id"], "origin": record["origin"],
-                                                    "replaces": state["active"]["id"]}]}
+        ctx.inner.ledger.event(
+            "inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=False, reason=problem
+        )
+        return {
+            "candidate": None,
+            "history": [
+                *state.get("history", []),
+                {"cycle": state.get("cycle", 0), "event": "refused", "mechanism": record["id"], "reason": problem},
+            ],
+        }
+    ctx.inner.ledger.event(
+        "inject",
+        cycle=state.get("cycle", 0),
+        mechanism=record["id"],
+        injected=True,
+        replaces=state["active"]["id"],
+        origin=record["origin"],
+    )
+    return {
+        "active": record,
+        "previous": state["active"],
+        "on_trial": True,
+        "candidate": None,
+        "history": [
+            *state.get("history", []),
+            {
+                "cycle": state.get("cycle", 0),
+                "event": "injected",
+                "mechanism": record["id"],
+                "origin": record["origin"],
+                "replaces": state["active"]["id"],
+            },
+        ],
+    }

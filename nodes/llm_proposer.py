@@ -68,12 +68,19 @@ def describe_param(p: Param) -> str:
 
 
 def format_space(space: SearchSpace, incumbent: dict[str, Any], names: list[str]) -> str:
-    return "\n".join(f"{p.name} = {incumbent.get(p.name)!r}  {describe_param(p)}" for p in space.params
-                     if p.name in names)
+    return "\n".join(
+        f"{p.name} = {incumbent.get(p.name)!r}  {describe_param(p)}" for p in space.params if p.name in names
+    )
 
 
-def ask_llm(state: InnerState, ctx: InnerContext, guidance: str = "", constraints: dict[str, Any] | None = None,
-            *, caller: str = "propose") -> dict[str, Any]:
+def ask_llm(
+    state: InnerState,
+    ctx: InnerContext,
+    guidance: str = "",
+    constraints: dict[str, Any] | None = None,
+    *,
+    caller: str = "propose",
+) -> dict[str, Any]:
     """A valid proposal from the LLM, or a recorded fallback. Raises LLMBudgetExhausted when the budget is spent."""
     constraints = constraints or {}
     if ctx.mode == "code" and not constraints.get("only"):
@@ -85,9 +92,12 @@ def ask_llm(state: InnerState, ctx: InnerContext, guidance: str = "", constraint
         return fallback_proposal(state, ctx, "no parameter is free to change under these constraints", names)
     incumbent = state.get("incumbent", {})
     prompt = PROPOSE_USER.format(
-        space=format_space(ctx.space, incumbent, names), frozen=", ".join(frozen) or "none",
-        strategy=settings.get("strategy", "explore"), guidance=settings.get("guidance", "") or "none",
-        history=format_history(state.get("experiments", [])), best=state.get("best_bpb"),
+        space=format_space(ctx.space, incumbent, names),
+        frozen=", ".join(frozen) or "none",
+        strategy=settings.get("strategy", "explore"),
+        guidance=settings.get("guidance", "") or "none",
+        history=format_history(state.get("experiments", [])),
+        best=state.get("best_bpb"),
         extra=f"Additional guidance for this proposal: {guidance}\n" if guidance else "",
     )
     parsed: dict[str, Any] = {}
@@ -107,23 +117,38 @@ def ask_llm(state: InnerState, ctx: InnerContext, guidance: str = "", constraint
         return None
 
     answer = ask_structured(
-        ctx.llm, proposal_schema(names), [SystemMessage(PROPOSE_SYSTEM), HumanMessage(prompt)], node=caller,
-        level=ctx.llm_level, budget=ctx.budget, record=_recorder(ctx, state), check=check,
+        ctx.llm,
+        proposal_schema(names),
+        [SystemMessage(PROPOSE_SYSTEM), HumanMessage(prompt)],
+        node=caller,
+        level=ctx.llm_level,
+        budget=ctx.budget,
+        record=_recorder(ctx, state),
+        check=check,
     )
     if answer.fallback or answer.value is None:
         return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid answer", names)
-    return {"changes": parsed["changes"], "hypothesis": answer.value.hypothesis,  # type: ignore[attr-defined]
-            "expected_direction": answer.value.expected_direction,  # type: ignore[attr-defined]
-            "source": "llm", "attempts": answer.attempts, "rejected": answer.errors}
+    return {
+        "changes": parsed["changes"],
+        "hypothesis": answer.value.hypothesis,  # type: ignore[attr-defined]
+        "expected_direction": answer.value.expected_direction,  # type: ignore[attr-defined]
+        "source": "llm",
+        "attempts": answer.attempts,
+        "rejected": answer.errors,
+    }
 
 
 def _ask_code(state: InnerState, ctx: InnerContext, guidance: str, caller: str) -> dict[str, Any]:
     from nodes.train import incumbent_source  # the train node owns how a candidate's source is assembled
 
     source = incumbent_source(state, ctx)
-    prompt = CODE_USER.format(source=source, history=format_history(state.get("experiments", [])),
-                              best=state.get("best_bpb"), guidance=state.get("settings", {}).get("guidance") or "none",
-                              extra=f"Additional guidance: {guidance}\n" if guidance else "")
+    prompt = CODE_USER.format(
+        source=source,
+        history=format_history(state.get("experiments", [])),
+        best=state.get("best_bpb"),
+        guidance=state.get("settings", {}).get("guidance") or "none",
+        extra=f"Additional guidance: {guidance}\n" if guidance else "",
+    )
 
     def check(answer: BaseModel) -> str | None:
         try:
@@ -132,15 +157,29 @@ def _ask_code(state: InnerState, ctx: InnerContext, guidance: str, caller: str) 
             return str(e)
         return None
 
-    answer = ask_structured(ctx.llm, CodeProposal, [SystemMessage(CODE_SYSTEM), HumanMessage(prompt)], node=caller,
-                            level=ctx.llm_level, budget=ctx.budget, record=_recorder(ctx, state), check=check)
+    answer = ask_structured(
+        ctx.llm,
+        CodeProposal,
+        [SystemMessage(CODE_SYSTEM), HumanMessage(prompt)],
+        node=caller,
+        level=ctx.llm_level,
+        budget=ctx.budget,
+        record=_recorder(ctx, state),
+        check=check,
+    )
     if answer.fallback or answer.value is None:
         names = allowed_names(ctx.space, list(state.get("settings", {}).get("frozen", [])), None)
         return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid edit", names)
     value: CodeProposal = answer.value  # type: ignore[assignment]
-    return {"changes": {}, "edits": [e.model_dump() for e in value.edits], "hypothesis": value.hypothesis,
-            "expected_direction": value.expected_direction, "source": "llm", "attempts": answer.attempts,
-            "rejected": answer.errors}
+    return {
+        "changes": {},
+        "edits": [e.model_dump() for e in value.edits],
+        "hypothesis": value.hypothesis,
+        "expected_direction": value.expected_direction,
+        "source": "llm",
+        "attempts": answer.attempts,
+        "rejected": answer.errors,
+    }
 
 
 def fallback_proposal(state: InnerState, ctx: InnerContext, why: str, names: list[str]) -> dict[str, Any]:
@@ -156,16 +195,25 @@ def fallback_proposal(state: InnerState, ctx: InnerContext, why: str, names: lis
         if not ctx.space.check_changes(changes, incumbent, frozen):
             break
     ctx.ledger.event("proposal_fallback", iteration=state.get("iteration", 0), reason=why, changes=changes)
-    return {"changes": changes, "hypothesis": f"fallback step (the LLM gave no valid proposal: {why[:200]})",
-            "expected_direction": "lower", "source": "fallback", "attempts": 0, "rejected": [why]}
+    return {
+        "changes": changes,
+        "hypothesis": f"fallback step (the LLM gave no valid proposal: {why[:200]})",
+        "expected_direction": "lower",
+        "source": "fallback",
+        "attempts": 0,
+        "rejected": [why],
+    }
 
 
 def _recorder(ctx: InnerContext, state: InnerState):  # type: ignore[no-untyped-def]
     iteration = state.get("iteration", 0)
 
     def record(entry: dict[str, Any]) -> None:
-        ctx.ledger.event(entry.pop("event", "llm_call"), iteration=iteration,
-                         **{k: (v if _jsonable(v) else str(v)) for k, v in entry.items()})
+        ctx.ledger.event(
+            entry.pop("event", "llm_call"),
+            iteration=iteration,
+            **{k: (v if _jsonable(v) else str(v)) for k, v in entry.items()},
+        )
 
     return record
 

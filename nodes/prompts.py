@@ -1,8 +1,8 @@
 """Prompt texts of both loops (constants only)."""
 
 PROPOSE_SYSTEM = """You are a machine-learning researcher tuning the pretraining of a small GPT language model.
-Each experiment trains for a fixed wall-clock budget and is scored by validation bits per byte (val_bpb, lower is better).
-You change 1 to 3 hyperparameters of the best configuration so far, and say why.
+Each experiment trains for a fixed wall-clock budget and is scored by validation bits per byte (val_bpb, lower is
+better). You change 1 to 3 hyperparameters of the best configuration so far, and say why.
 Rules: use only the parameter names listed; stay inside each range; never propose the current value; never touch a
 frozen parameter. A change that makes training slower per step also means fewer steps within the budget."""
 

@@ -30,8 +30,15 @@ def make_propose(mechanism: Mechanism) -> Node:
         eid = experiment_id(iteration)
         incumbent = dict(state.get("incumbent", {}))
         if not state.get("experiments"):
-            pending = {"id": eid, "params": incumbent, "changes": {}, "hypothesis": "baseline configuration",
-                       "expected_direction": "", "mechanism": "baseline", "source": "baseline"}
+            pending = {
+                "id": eid,
+                "params": incumbent,
+                "changes": {},
+                "hypothesis": "baseline configuration",
+                "expected_direction": "",
+                "mechanism": "baseline",
+                "source": "baseline",
+            }
         else:
             try:
                 proposal, _ = run_mechanism(state, ctx, mechanism)
@@ -41,13 +48,23 @@ def make_propose(mechanism: Mechanism) -> Node:
                 ctx.ledger.event("stop", iteration=iteration, reason=str(e))
                 return {"pending": None, "stop_reason": str(e)}
             changes = dict(proposal.get("changes", {}))
-            pending = {"id": eid, "params": {**incumbent, **changes}, "changes": changes,
-                       "edits": list(proposal.get("edits", [])), "hypothesis": str(proposal.get("hypothesis", "")),
-                       "expected_direction": str(proposal.get("expected_direction", "")),
-                       "mechanism": mechanism.id, "source": proposal.get("source", "mechanism"),
-                       "mechanism_failed": bool(proposal.get("mechanism_failed"))}
-        ctx.ledger.event("propose", experiment=eid, iteration=iteration, **{k: v for k, v in pending.items()
-                                                                            if k not in ("id", "params")})
+            pending = {
+                "id": eid,
+                "params": {**incumbent, **changes},
+                "changes": changes,
+                "edits": list(proposal.get("edits", [])),
+                "hypothesis": str(proposal.get("hypothesis", "")),
+                "expected_direction": str(proposal.get("expected_direction", "")),
+                "mechanism": mechanism.id,
+                "source": proposal.get("source", "mechanism"),
+                "mechanism_failed": bool(proposal.get("mechanism_failed")),
+            }
+        ctx.ledger.event(
+            "propose",
+            experiment=eid,
+            iteration=iteration,
+            **{k: v for k, v in pending.items() if k not in ("id", "params")},
+        )
         return {"pending": pending}
 
     propose.__name__ = f"propose[{mechanism.id}]"

@@ -58,7 +58,7 @@ class SegmentRecord(TypedDict, total=False):
 class OuterState(TypedDict, total=False):
     level: str  # "1" | "1.5" | "2" | "1+2": which outer steps act (every step runs; inactive ones only pass)
     cycle: int  # segments run so far
-    cycles: int  # segments to run
+    total: int  # experiments of the whole run (the baseline included)
     inner: InnerState  # the inner loop's state, carried whole from one segment to the next
     active: MechanismRecord  # the propose mechanism of the next segment
     previous: MechanismRecord | None  # what `compare` rolls back to

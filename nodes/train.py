@@ -52,14 +52,26 @@ def train(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
         outcome = {"ok": False, "error": f"candidate refused: {e}", "returncode": None, "wall_seconds": 0.0}
     else:
         write_atomic(folder / "train.py", source)
-        write_atomic(folder / "diff.patch", unified_diff(base, source, "incumbent/train.py", f"{pending['id']}/train.py"))
+        write_atomic(
+            folder / "diff.patch", unified_diff(base, source, "incumbent/train.py", f"{pending['id']}/train.py")
+        )
         write_json_atomic(folder / "proposal.json", pending)
-        ctx.ledger.event("train_start", event_id=f"{pending['id']}:train_start", experiment=pending["id"],
-                         budget_s=ctx.trainer.budget_s)
+        ctx.ledger.event(
+            "train_start",
+            event_id=f"{pending['id']}:train_start",
+            experiment=pending["id"],
+            budget_s=ctx.trainer.budget_s,
+        )
         outcome = ctx.executor.run(Trial(pending["id"], folder), ctx.trainer)
     write_json_atomic(outcome_path, outcome)
-    ctx.ledger.event("train_end", event_id=f"{pending['id']}:train_end", experiment=pending["id"], ok=outcome["ok"],
-                     error=outcome.get("error"), wall_seconds=outcome.get("wall_seconds"))
+    ctx.ledger.event(
+        "train_end",
+        event_id=f"{pending['id']}:train_end",
+        experiment=pending["id"],
+        ok=outcome["ok"],
+        error=outcome.get("error"),
+        wall_seconds=outcome.get("wall_seconds"),
+    )
     return {"outcome": outcome}
 
 

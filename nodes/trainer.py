@@ -38,8 +38,20 @@ class TrainerSettings:
         return self.kill_after_s if self.kill_after_s is not None else 2 * self.budget_s + 120
 
     def command(self, train_py: Path, result_json: Path) -> list[str]:
-        cmd = [sys.executable, str(train_py), "--budget-s", str(self.budget_s), "--result-json", str(result_json),
-               "--seed", str(self.seed), "--device", self.device, "--corpus", self.corpus]
+        cmd = [
+            sys.executable,
+            str(train_py),
+            "--budget-s",
+            str(self.budget_s),
+            "--result-json",
+            str(result_json),
+            "--seed",
+            str(self.seed),
+            "--device",
+            self.device,
+            "--corpus",
+            self.corpus,
+        ]
         if self.vocab_size is not None:
             cmd += ["--vocab-size", str(self.vocab_size)]
         if self.eval_tokens is not None:
@@ -72,8 +84,14 @@ class LocalExecutor:
         env = {**os.environ, **settings.extra_env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
         start = time.monotonic()
         with open(log, "w", encoding="utf-8") as out:
-            proc = subprocess.Popen(settings.command(train_py, result_json), cwd=trial.folder, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                settings.command(train_py, result_json),
+                cwd=trial.folder,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 code = proc.wait(timeout=settings.timeout_s)
                 timed_out = False
@@ -83,12 +101,18 @@ class LocalExecutor:
         return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
 
 
-def read_outcome(result_json: Path, log: Path, code: int, timed_out: bool, seconds: float,
-                 timeout_s: float) -> dict[str, Any]:
+def read_outcome(
+    result_json: Path, log: Path, code: int, timed_out: bool, seconds: float, timeout_s: float
+) -> dict[str, Any]:
     """The trainer's result, or a crash with the reason and the log's tail."""
     outcome: dict[str, Any] = {"returncode": code, "wall_seconds": round(seconds, 3)}
     if timed_out:
-        return {**outcome, "ok": False, "error": f"killed after the {timeout_s:.0f} s timeout", "log_tail": log_tail(log)}
+        return {
+            **outcome,
+            "ok": False,
+            "error": f"killed after the {timeout_s:.0f} s timeout",
+            "log_tail": log_tail(log),
+        }
     if code != 0:
         meaning = EXIT_MEANINGS.get(code, "crashed")
         if code < 0:

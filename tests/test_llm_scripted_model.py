@@ -94,7 +94,13 @@ class LoopContext:
 def decide(state: LoopState, runtime: Runtime[LoopContext]) -> dict[str, Any]:
     ctx = runtime.context
     answer = ask_structured(
-        ctx.llm, Verdict, [HumanMessage("keep?")], node="decide", level="L1", budget=ctx.budget, record=ctx.events.append
+        ctx.llm,
+        Verdict,
+        [HumanMessage("keep?")],
+        node="decide",
+        level="L1",
+        budget=ctx.budget,
+        record=ctx.events.append,
     )
     keep = answer.value.keep if answer.value is not None else False  # the recorded fallback: discard
     return {"kept": [*state["kept"], keep]}

@@ -24,7 +24,11 @@ def test_bilevel_env_wins_over_openai_env() -> None:
         "OPENAI_API_KEY": "sk-test",
     }
     settings = LLMSettings.resolve(env=env)
-    assert (settings.base_url, settings.model, settings.api_key) == ("https://api.deepseek.com/v1", "deepseek-chat", "sk-test")
+    assert (settings.base_url, settings.model, settings.api_key) == (
+        "https://api.deepseek.com/v1",
+        "deepseek-chat",
+        "sk-test",
+    )
     assert not settings.embedded
 
 

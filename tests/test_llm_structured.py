@@ -15,7 +15,12 @@ from nodes.scripted_model import ScriptedChatModel, ScriptExhausted
 from nodes.structured import LLMBudget, LLMBudgetExhausted, StructuredAnswer, ask_structured
 
 USAGE = {"input_tokens": 40, "output_tokens": 12, "total_tokens": 52}
-VALID = {"changes": [{"name": "MATRIX_LR", "value": "0.04"}], "hypothesis": "a higher lr", "expected_direction": "lower"}
+VALID = {
+    "changes": [{"name": "MATRIX_LR", "value": "0.04"}],
+    "hypothesis": "a higher lr",
+    "expected_direction": "lower",
+}
+EVENT_KEYS = set("event node level model prompt_tokens completion_tokens latency_s attempt ok error".split())
 MESSAGES = [SystemMessage("You tune a GPT training run."), HumanMessage("Propose one change.")]
 
 
@@ -73,7 +78,9 @@ def test_a_call_to_another_tool_is_rejected() -> None:
     other = AIMessage("", tool_calls=[{"name": "Other", "args": VALID, "id": "c1", "type": "tool_call"}])
     answer = ask(scripted(other, VALID), [])
     assert answer.attempts == 2
-    assert answer.errors == ["your `Proposal` call could not be read: Unknown tool type: 'Other'. Available tools: Proposal"]
+    assert answer.errors == [
+        "your `Proposal` call could not be read: Unknown tool type: 'Other'. Available tools: Proposal"
+    ]
 
 
 def test_check_rejection_re_asks_with_the_check_message() -> None:
@@ -147,10 +154,13 @@ def test_every_attempt_is_recorded_with_tokens_and_latency() -> None:
     answer = ask(model, events)
     assert [event["attempt"] for event in events] == [1, 2]
     for event in events:
-        assert set(event) == {
-            "event", "node", "level", "model", "prompt_tokens", "completion_tokens", "latency_s", "attempt", "ok", "error"
-        }  # fmt: skip
-        assert (event["event"], event["node"], event["level"], event["model"]) == ("llm_call", "propose", "L1", "scripted")
+        assert set(event) == EVENT_KEYS
+        assert (event["event"], event["node"], event["level"], event["model"]) == (
+            "llm_call",
+            "propose",
+            "L1",
+            "scripted",
+        )
         assert (event["prompt_tokens"], event["completion_tokens"]) == (40, 12)
         assert event["latency_s"] >= 0.02
     assert (answer.prompt_tokens, answer.completion_tokens) == (80, 24) and answer.latency_s >= 0.04

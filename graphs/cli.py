@@ -1,0 +1,159 @@
+"""Command lines: `python -m graphs.bilevel [run|resume|draw|report|mechanisms]` and `python -m graphs.inner`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from graphs.runs import RunConfig, new_run_dir
+
+console = Console()
+SUBCOMMANDS = ("run", "resume", "draw", "report", "mechanisms")
+
+
+def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
+    ap.add_argument("--iterations", type=int, default=12, help="experiments after the baseline (default 12)")
+    ap.add_argument("--budget-s", type=float, default=20.0, help="training budget of each experiment, seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-dir", type=Path, help="run folder (default runs/<time>-<level>)")
+    ap.add_argument("--runs-root", type=Path, default=Path("runs"))
+    ap.add_argument("--model", help="model name at --base-url (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--base-url", help="an OpenAI-compatible endpoint (OpenAI, DeepSeek, vLLM, Ollama...)")
+    ap.add_argument(
+        "--mode",
+        choices=["params", "code"],
+        default="params",
+        help="propose hyperparameter changes, or search/replace edits of train.py",
+    )
+    ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
+    ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
+    ap.add_argument("--max-llm-calls", type=int)
+    ap.add_argument("--max-llm-tokens", type=int)
+    ap.add_argument("--noise-margin", type=float, default=0.0, help="a keep must beat the best by more than this")
+    ap.add_argument("--time-limit-s", type=float, help="no new experiment starts after this many seconds")
+    if bilevel:
+        ap.add_argument("--level", choices=["1", "1.5", "2", "1+2"], default="2")
+        ap.add_argument("--group", choices=["A", "B", "C", "D"], help="the paper's groups: A=1, B=1.5, C=2, D=1+2")
+        ap.add_argument("--segment", type=int, default=4, help="inner iterations per outer cycle")
+        ap.add_argument(
+            "--generate-mode",
+            choices=["auto", "compose", "generate"],
+            default="auto",
+            help="compose a built-in (weak models; auto picks it for the embedded model) or write code",
+        )
+
+
+def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
+    from graphs.run import GROUPS
+
+    level = GROUPS[args.group] if bilevel and args.group else (args.level if bilevel else "1")
+    run_dir = args.run_dir or new_run_dir(args.runs_root, f"level{level.replace('+', '_')}")
+    return RunConfig(
+        run_dir=str(run_dir),
+        level=level,
+        iterations=args.iterations,
+        segment=args.segment if bilevel else args.iterations + 1,
+        budget_s=args.budget_s,
+        device=args.device,
+        corpus=args.corpus,
+        seed=args.seed,
+        mode=args.mode,
+        model=args.model,
+        base_url=args.base_url,
+        max_llm_calls=args.max_llm_calls,
+        max_llm_tokens=args.max_llm_tokens,
+        noise_margin=args.noise_margin,
+        mechanism=args.mechanism,
+        generate_mode=args.generate_mode if bilevel else "auto",
+        time_limit_s=args.time_limit_s,
+    )
+
+
+def print_summary(run_dir: Path) -> None:
+    data = json.loads((run_dir / "summary.json").read_text())
+    table = Table(title=f"run {run_dir}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in ("experiments", "baseline_bpb", "best_bpb", "delta_bpb", "best_id", "kept", "crashes", "stop_reason"):
+        value = data.get(key)
+        table.add_row(key, f"{value:.6f}" if isinstance(value, float) else str(value))
+    table.add_row(
+        "llm calls / tokens",
+        f"{data['llm']['calls']} / {data['llm']['prompt_tokens'] + data['llm']['completion_tokens']}",
+    )
+    for event in data.get("history", []):
+        table.add_row(f"cycle {event['cycle']}", f"{event['event']} {event['mechanism']}")
+    console.print(table)
+    console.print(f"run folder: [bold]{run_dir}[/]  (report: python -m graphs.bilevel report {run_dir})")
+
+
+def main_run(argv: list[str], *, bilevel: bool) -> int:
+    from graphs.report import write_report
+    from graphs.run import execute
+
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel" if bilevel else "python -m graphs.inner")
+    add_run_flags(ap, bilevel=bilevel)
+    config = config_from(ap.parse_args(argv), bilevel=bilevel)
+    console.print(
+        f"run folder [bold]{config.run_dir}[/], level {config.level}, {config.iterations} iterations of "
+        f"{config.budget_s:g} s"
+    )
+    execute(config, inner_only=not bilevel)
+    write_report(Path(config.run_dir))
+    print_summary(Path(config.run_dir))
+    return 0
+
+
+def main_resume(argv: list[str]) -> int:
+    from graphs.report import write_report
+    from graphs.run import execute
+
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel resume")
+    ap.add_argument("run_dir", type=Path)
+    args = ap.parse_args(argv)
+    config = RunConfig.load(args.run_dir)
+    console.print(f"resuming {args.run_dir}")
+    execute(config, inner_only=config.level == "1" and config.segment > config.iterations)
+    write_report(args.run_dir)
+    print_summary(args.run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
+    try:
+        if command == "run":
+            return main_run(argv, bilevel=True)
+        if command == "resume":
+            return main_resume(argv)
+        if command == "draw":
+            from graphs.draw import main_draw
+
+            return main_draw(argv)
+        if command == "report":
+            from graphs.report import main_report
+
+            return main_report(argv)
+        from graphs.mechanism_store import main_mechanisms
+
+        return main_mechanisms(argv)
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: the run folder and its checkpoint are consistent; "
+            "continue with `python -m graphs.bilevel resume RUN_DIR`[/]"
+        )
+        return 130
+
+
+def main_inner(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "resume":
+        return main_resume(argv[1:])
+    return main_run(argv, bilevel=False)

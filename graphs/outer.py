@@ -1,0 +1,178 @@
+"""The outer loop: run a segment of the inner loop, judge the mechanism that ran, adjust (Level 1.5), diagnose,
+write or compose a mechanism, validate it and inject it as the inner graph's `propose` node (Level 2).
+
+    START → run_inner → compare → adjust → analyze → generate → validate ─┬→ inject → run_inner
+                ↑ └→ END (segments done)                      ↑ repair ←──┤
+                └──────────────────────────────────────────── refused ←───┘
+
+Every step runs at every level; a step its level does not include only passes, so all ablation groups go through
+the same code path and differ only in which steps act.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any, Literal
+
+import networkx as nx
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from nodes.validate import validate
+
+from graphs.inner import build_inner_graph
+from nodes.adjust import adjust
+from nodes.analyze import analyze
+from nodes.compare import compare
+from nodes.context import OuterContext
+from nodes.generate import generate
+from nodes.inject import inject
+from nodes.mechanism_loader import load_mechanism
+from nodes.segment_stats import segment_record
+from nodes.state import MechanismRecord, OuterState
+
+RECURSION_LIMIT = 100_000
+
+
+def inner_graph_for(record: MechanismRecord, ctx: OuterContext) -> CompiledStateGraph:
+    """The inner graph with `record`'s mechanism as its `propose` node, rebuilt from the record alone."""
+    mechanism = load_mechanism(record, ctx.inner.ledger.root)
+    return build_inner_graph(mechanism).compile(checkpointer=ctx.checkpointer, name="inner")
+
+
+def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
+    """Run the inner graph for one segment under its own thread id, carrying the whole inner state across."""
+    ctx = runtime.context
+    cycle, inner = state.get("cycle", 0), state["inner"]
+    first = inner.get("iteration", 0)
+    graph = inner_graph_for(state["active"], ctx)
+    config = {"configurable": {"thread_id": f"segment-{cycle:03d}"}, "recursion_limit": RECURSION_LIMIT}
+    snapshot = graph.get_state(config)
+    if snapshot.values and not snapshot.next:
+        final = snapshot.values  # finished before a kill interrupted the outer step: reuse, never re-run
+    else:
+        start = (
+            None
+            if snapshot.next
+            else {**inner, "stop_at": min(first + ctx.segment, state["total"]), "stop_reason": None}
+        )
+        ctx.inner.ledger.event(
+            "segment_start",
+            event_id=f"segment-{cycle:03d}:start",
+            cycle=cycle,
+            mechanism=state["active"]["id"],
+            first=first,
+        )
+        # A fresh context: the inner graph is a separate run on its own thread, not a subgraph of this node.
+        final = contextvars.Context().run(graph.invoke, start, config, context=ctx.inner, durability="sync")
+    segment = segment_record(
+        final.get("experiments", []), cycle, state["active"]["id"], first, final.get("iteration", first)
+    )
+    ctx.inner.ledger.event("segment_end", event_id=f"segment-{cycle:03d}:end", **segment)
+    reason = final.get("stop_reason")
+    update: dict[str, Any] = {
+        "inner": {**final, "stop_reason": None},
+        "cycle": cycle + 1,
+        "segments": [*state.get("segments", []), segment],
+    }
+    if reason and reason != "iterations done":
+        update["stop_reason"] = reason
+    elif final.get("iteration", 0) >= state["total"]:
+        update["stop_reason"] = "all iterations done"
+    return update
+
+
+def route_after_inner(state: OuterState) -> Literal["compare", "__end__"]:
+    return "compare" if not state.get("stop_reason") else END
+
+
+def route_after_validate(
+    state: OuterState, runtime: Runtime[OuterContext]
+) -> Literal["inject", "generate", "run_inner"]:
+    validation = state.get("validation") or {}
+    if state.get("candidate") and validation.get("ok"):
+        return "inject"
+    if (
+        state.get("candidate_source") is not None
+        and validation
+        and not validation.get("ok")
+        and state.get("repairs", 0) <= runtime.context.max_repairs
+        and runtime.context.generate_mode == "generate"
+        and not state.get("stop_reason")
+    ):
+        return "generate"
+    return "run_inner"
+
+
+def route_after_inject(state: OuterState) -> Literal["run_inner"]:
+    return "run_inner"
+
+
+def build_outer_graph() -> StateGraph:
+    builder = StateGraph(OuterState, context_schema=OuterContext)
+    for name, node in (
+        ("run_inner", run_inner),
+        ("compare", compare),
+        ("adjust", adjust),
+        ("analyze", analyze),
+        ("generate", generate),
+        ("validate", validate),
+        ("inject", inject),
+    ):
+        builder.add_node(name, node)
+    builder.add_edge(START, "run_inner")
+    builder.add_conditional_edges("run_inner", route_after_inner, ["compare", END])
+    builder.add_edge("compare", "adjust")
+    builder.add_edge("adjust", "analyze")
+    builder.add_edge("analyze", "generate")
+    builder.add_edge("generate", "validate")
+    builder.add_conditional_edges("validate", route_after_validate, ["inject", "generate", "run_inner"])
+    builder.add_edge("inject", "run_inner")
+    return builder
+
+
+def topology(graph: CompiledStateGraph) -> nx.DiGraph:
+    drawn = graph.get_graph()
+    g = nx.DiGraph()
+    g.add_nodes_from(drawn.nodes)
+    g.add_edges_from((e.source, e.target) for e in drawn.edges)
+    return g
+
+
+def topology_problem(active: MechanismRecord, candidate: MechanismRecord, ctx: OuterContext) -> str | None:
+    """Why the inner graph rebuilt with `candidate` is not the same machine as the one it replaces, or None."""
+    old = topology(build_inner_graph(load_mechanism(active, ctx.inner.ledger.root)).compile())
+    new = topology(build_inner_graph(load_mechanism(candidate, ctx.inner.ledger.root)).compile())
+    if set(old.nodes) != set(new.nodes):
+        return f"nodes differ: {sorted(set(old.nodes) ^ set(new.nodes))}"
+    if set(old.edges) != set(new.edges):
+        return f"edges differ: {sorted(set(old.edges) ^ set(new.edges))}"
+    if not nx.has_path(new, START, END):
+        return "END is not reachable from START"
+    stranded = [n for n in new.nodes if n not in (START, END) and not nx.has_path(new, n, END)]
+    return f"nodes that cannot reach END: {stranded}" if stranded else None
+
+
+def default_graph() -> CompiledStateGraph:
+    """The outer graph compiled without a checkpointer (for `langgraph dev`; the CLI attaches SqliteSaver)."""
+    return build_outer_graph().compile(name="bilevel")
+
+
+def initial_outer_state(inner: dict[str, Any], active: MechanismRecord, level: str, total: int) -> OuterState:
+    return OuterState(
+        level=level,
+        cycle=0,
+        total=total,
+        inner=inner,
+        active=active,
+        previous=None,
+        on_trial=False,
+        candidate=None,
+        candidate_source=None,
+        diagnosis=None,
+        validation=None,
+        repairs=0,
+        segments=[],
+        history=[],
+        stop_reason=None,
+    )

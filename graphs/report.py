@@ -1,0 +1,149 @@
+"""`python -m graphs.bilevel report RUN`: a report regenerated from the ledger alone (results.tsv, trace.jsonl,
+mechanisms/): a markdown summary, per-mechanism proof of execution, and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nodes.ledger import Ledger, write_atomic  # noqa: E402
+
+
+def experiments_from_trace(ledger: Ledger) -> list[dict[str, Any]]:
+    by_id: dict[str, dict[str, Any]] = {}
+    for event in ledger.events("experiment"):
+        by_id[event["id"]] = event
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def mechanism_activity(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """Per mechanism: calls, failed calls, LLM asks, proposals it changed, iterations active (proof it ran)."""
+    stats: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"calls": 0, "failed": 0, "llm_asks": 0, "changed": 0, "iterations": set(), "origin": ""}
+    )
+    for e in ledger.events("mechanism_call"):
+        s = stats[e["mechanism"]]
+        s["calls"] += 1
+        s["failed"] += not e.get("ok", False)
+        s["llm_asks"] += e.get("llm_asks", 0)
+        s["changed"] += bool(e.get("changed_llm_proposal"))
+        s["iterations"].add(e.get("iteration"))
+        s["origin"] = e.get("origin", "")
+    return {k: {**v, "iterations": sorted(i for i in v["iterations"] if i is not None)} for k, v in stats.items()}
+
+
+def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
+    """autoresearch's progress chart: every experiment's val_bpb, the kept ones, and the running best."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    xs = [e["iteration"] for e in experiments if isinstance(e.get("val_bpb"), float)]
+    ys = [e["val_bpb"] for e in experiments if isinstance(e.get("val_bpb"), float)]
+    ax.scatter(xs, ys, s=14, color="#bbbbbb", label="discarded")
+    kept = [e for e in experiments if e["status"] == "keep"]
+    ax.scatter(
+        [e["iteration"] for e in kept], [e["val_bpb"] for e in kept], s=30, color="#2a9d8f", label="kept", zorder=3
+    )
+    best, run = [], None
+    for e in experiments:
+        if e["status"] != "crash" and isinstance(e.get("val_bpb"), float):
+            run = e["val_bpb"] if run is None else min(run, e["val_bpb"])
+        best.append(run)
+    ax.step([e["iteration"] for e in experiments], best, where="post", color="#e76f51", label="running best")
+    for e in experiments:
+        if e["status"] == "crash":
+            ax.axvline(e["iteration"], color="#e63946", alpha=0.25, lw=1)
+    ax.set_xlabel("experiment")
+    ax.set_ylabel("val_bpb (lower is better)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_mechanisms(experiments: list[dict[str, Any]], path: Path) -> None:
+    """Which mechanism proposed each experiment, over time."""
+    names = sorted({e.get("mechanism") or "?" for e in experiments})
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.5))
+    colours = {"keep": "#2a9d8f", "discard": "#8d99ae", "crash": "#e63946"}
+    for e in experiments:
+        ax.scatter(e["iteration"], names.index(e.get("mechanism") or "?"), color=colours[e["status"]], s=40)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("experiment (green kept, grey discarded, red crash)")
+    ax.set_title("mechanism active at each experiment")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> Path:
+    ledger = Ledger(run_dir)
+    experiments = experiments_from_trace(ledger)
+    activity = mechanism_activity(ledger)
+    llm = Counter()
+    for e in ledger.events("llm_call"):
+        llm[(e.get("level", "?"), "calls")] += 1
+        llm[(e.get("level", "?"), "tokens")] += int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0)
+    lines = [f"# Run report: {run_dir.name}", ""]
+    if experiments:
+        plot_progress(experiments, run_dir / "progress.png")
+        plot_mechanisms(experiments, run_dir / "mechanisms.png")
+        ok = [e for e in experiments if e["status"] != "crash" and isinstance(e.get("val_bpb"), float)]
+        base = experiments[0].get("val_bpb")
+        best = min((e["val_bpb"] for e in ok), default=None)
+        lines += [
+            f"- experiments: {len(experiments)} (kept {sum(e['status'] == 'keep' for e in experiments[1:])}, "
+            f"crashes {sum(e['status'] == 'crash' for e in experiments)})",
+            f"- baseline val_bpb: {base}",
+            f"- best val_bpb: {best}",
+            f"- Δ val_bpb (best − baseline): {best - base:+.6f}" if best and base else "- Δ val_bpb: n/a",
+            "",
+            "![progress](progress.png)",
+            "",
+            "![mechanisms](mechanisms.png)",
+            "",
+        ]
+    lines += [
+        "## Mechanisms (proof of execution: every call is a `mechanism_call` event in trace.jsonl)",
+        "",
+        "| mechanism | origin | calls | failed | LLM asks | proposals it changed | iterations |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in activity.items():
+        its = s["iterations"]
+        span = f"{its[0]}–{its[-1]}" if its else "—"
+        lines.append(
+            f"| {name} | {s['origin']} | {s['calls']} | {s['failed']} | {s['llm_asks']} | {s['changed']} | {span} |"
+        )
+    decisions = list(ledger.events("compare")) + [e for e in ledger.events("inject") if not e.get("injected")]
+    if decisions:
+        lines += ["", "## Outer decisions", ""]
+        lines += [
+            f"- cycle {e.get('cycle')}: {e.get('event') or 'refused'} {e.get('mechanism')} — "
+            f"{e.get('evidence') or e.get('reason')}"
+            for e in decisions
+        ]
+    lines += ["", "## LLM use by level", "", "| level | calls | tokens |", "|---|---|---|"]
+    for level in sorted({k[0] for k in llm}):
+        lines.append(f"| {level} | {llm[(level, 'calls')]} | {llm[(level, 'tokens')]} |")
+    path = run_dir / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def main_report(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel report")
+    ap.add_argument("run_dir", type=Path)
+    args = ap.parse_args(argv)
+    path = write_report(args.run_dir)
+    print(path.read_text())
+    print(json.dumps({"report": str(path)}))
+    return 0

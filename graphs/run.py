@@ -1,0 +1,137 @@
+"""Running, resuming and finishing a run: the wiring of checkpointer, LLM, context and graph."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from checkpoints.sqlite import DURABILITY, open_checkpointer
+from graphs.inner import build_inner_graph
+from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state, topology_problem
+from graphs.runs import RunConfig, initial_inner_state, make_context, restore_budget
+from nodes.context import OuterContext
+from nodes.ledger import Ledger, write_json_atomic
+from nodes.llm import LLMSettings, open_chat_model
+from nodes.mechanism_loader import builtin_mechanism, builtin_record, load_mechanism
+from nodes.state import MechanismRecord
+from nodes.trainer import Executor
+
+GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
+LEVEL_NAMES = {
+    "1": "Level 1 (inner loop alone)",
+    "1.5": "Levels 1 + 1.5",
+    "2": "Levels 1 + 1.5 + 2",
+    "1+2": "Levels 1 + 2",
+}
+
+
+def start_mechanism(config: RunConfig) -> MechanismRecord:
+    """The propose mechanism the run starts with: llm_greedy unless --mechanism names a built-in or a file."""
+    if not config.mechanism:
+        return builtin_record("llm_greedy")
+    path = Path(config.mechanism)
+    if path.suffix == ".py" and path.exists():
+        from mechanisms.base import MechanismSpec
+        from nodes.ledger import write_atomic
+        from nodes.mechanism_calls import mechanism_record
+
+        spec = MechanismSpec.from_source(path.read_text(), origin="generated")
+        record = mechanism_record(spec.name, "generated", spec.source)
+        folder = Ledger(Path(config.run_dir)).mechanism_dir(record["id"].replace("@", "-"))
+        write_atomic(folder / "source.py", spec.source)
+        record["path"] = str((folder / "source.py").relative_to(config.run_dir))
+        return record
+    return builtin_record(config.mechanism)
+
+
+def llm_settings(config: RunConfig) -> LLMSettings:
+    return LLMSettings.resolve(model=config.model, base_url=config.base_url, seed=config.seed)
+
+
+def execute(
+    config: RunConfig, *, llm: BaseChatModel | None = None, executor: Executor | None = None, inner_only: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) the run that `config` describes until it ends; return the final state."""
+    run_dir = Path(config.run_dir)
+    ledger = Ledger(run_dir)
+    if not (run_dir / "run.json").exists():
+        config.started = config.started or time.time()
+        config.save()
+    with ExitStack() as stack:
+        saver = stack.enter_context(open_checkpointer(run_dir))
+        if llm is None:
+            llm, description = stack.enter_context(
+                open_chat_model(llm_settings(config), server_log=run_dir / "llm_server.log")
+            )
+        else:
+            description = type(llm).__name__
+        ledger.event("run_start", level=config.level, llm=description, inner_only=inner_only)
+        ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor)
+        total = config.iterations + 1
+        if inner_only:
+            graph = build_inner_graph(load_mechanism(start_mechanism(config), run_dir)).compile(checkpointer=saver)
+            run_config = {"configurable": {"thread_id": "inner"}, "recursion_limit": RECURSION_LIMIT}
+            snapshot = graph.get_state(run_config)
+            start = None if snapshot.next or snapshot.values else initial_inner_state(ctx.space, total)
+            if snapshot.values and not snapshot.next:
+                return dict(snapshot.values)
+            final = graph.invoke(start, run_config, context=ctx, durability=DURABILITY)
+        else:
+            outer_ctx = OuterContext(
+                inner=ctx,
+                level=config.level,
+                segment=config.segment,
+                generate_mode=resolve_generate_mode(config),
+                checkpointer=saver,
+            )
+            outer_ctx.inner_graph_mermaid = (
+                build_inner_graph(builtin_mechanism("llm_greedy")).compile().get_graph().draw_mermaid()
+            )
+            outer_ctx.topology_check = partial(topology_problem, ctx=outer_ctx)
+            graph = build_outer_graph().compile(checkpointer=saver, name="bilevel")
+            run_config = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
+            snapshot = graph.get_state(run_config)
+            if snapshot.values and not snapshot.next:
+                return dict(snapshot.values)
+            start = (
+                None
+                if snapshot.next
+                else initial_outer_state(
+                    initial_inner_state(ctx.space, 0), start_mechanism(config), config.level, total
+                )
+            )
+            final = graph.invoke(start, run_config, context=outer_ctx, durability=DURABILITY)
+        ledger.event("run_end", llm_budget=ctx.budget.summary(), stop_reason=final.get("stop_reason"))
+        write_json_atomic(run_dir / "summary.json", summary(final, ctx.budget.summary(), inner_only))
+        return dict(final)
+
+
+def resolve_generate_mode(config: RunConfig) -> str:
+    if config.generate_mode != "auto":
+        return config.generate_mode
+    return "compose" if llm_settings(config).embedded else "generate"
+
+
+def summary(final: dict[str, Any], budget: dict[str, Any], inner_only: bool) -> dict[str, Any]:
+    inner = final if inner_only else final.get("inner", {})
+    experiments = inner.get("experiments", [])
+    baseline = experiments[0]["val_bpb"] if experiments and experiments[0]["status"] != "crash" else None
+    best = inner.get("best_bpb")
+    return {
+        "experiments": len(experiments),
+        "baseline_bpb": baseline,
+        "best_bpb": best,
+        "best_id": inner.get("best_id"),
+        "delta_bpb": (best - baseline) if best is not None and baseline is not None else None,
+        "kept": sum(e["status"] == "keep" for e in experiments[1:]),
+        "crashes": sum(e["status"] == "crash" for e in experiments),
+        "llm": budget,
+        "stop_reason": final.get("stop_reason"),
+        "segments": final.get("segments", []),
+        "history": final.get("history", []),
+    }

@@ -1,0 +1,270 @@
+"""Static AST policy for generated mechanism source: what may be imported, named, called and reached.
+
+The sandbox contains what gets past this check; the policy's job is to refuse the obvious escapes early, with a line
+number and a reason the outer loop's LLM can act on.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mechanisms.base import TARGETS
+
+ALLOWED_IMPORTS = frozenset(
+    {"math", "random", "itertools", "collections", "statistics", "functools", "heapq", "dataclasses", "typing", "numpy"}
+)
+FORBIDDEN_MODULES = frozenset(
+    {
+        "os",
+        "sys",
+        "subprocess",
+        "socket",
+        "importlib",
+        "pickle",
+        "marshal",
+        "ctypes",
+        "builtins",
+        "shutil",
+        "io",
+        "pathlib",
+        "base64",
+        "codecs",
+        "inspect",
+        "gc",
+        "threading",
+        "multiprocessing",
+        "signal",
+        "resource",
+        "pty",
+        "urllib",
+        "http",
+        "requests",
+        "types",
+        "code",
+        "runpy",
+        "tempfile",
+        "operator",
+    }
+)
+FORBIDDEN_CALLS = frozenset(
+    {
+        "open",
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "globals",
+        "locals",
+        "vars",
+        "breakpoint",
+        "input",
+        "memoryview",
+        "help",
+        "exit",
+        "quit",
+        "getattr",
+        "setattr",
+        "delattr",
+        "hasattr",
+    }
+)
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_back",
+        "f_code",
+        "f_trace",
+        "gi_frame",
+        "gi_code",
+        "cr_frame",
+        "cr_code",
+        "ag_frame",
+        "ag_code",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "func_globals",
+        "environ",
+        "mro",
+        "format_map",
+    }
+)
+ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
+DUNDER_METHODS = frozenset(
+    {
+        "__init__",
+        "__post_init__",
+        "__repr__",
+        "__str__",
+        "__eq__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__hash__",
+        "__len__",
+        "__iter__",
+        "__contains__",
+    }
+)
+MAX_SOURCE_CHARS = 64_000
+
+
+@dataclass(frozen=True)
+class Violation:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    ok: bool
+    violations: list[Violation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def messages(self) -> list[str]:
+        return [str(v) for v in self.violations]
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+class _Checker(ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+        self.allowed_calls: set[int] = set()  # ids of Name nodes that are the func of a literal getattr-like call
+
+    def refuse(self, node: ast.AST, message: str) -> None:
+        self.violations.append(Violation(getattr(node, "lineno", 0), message))
+
+    def _module(self, node: ast.AST, module: str) -> None:
+        top = module.split(".")[0]
+        if top in FORBIDDEN_MODULES:
+            self.refuse(node, f"import of {module!r} is forbidden (no I/O, processes or introspection)")
+        elif top not in ALLOWED_IMPORTS:
+            self.refuse(node, f"import of {module!r} is not allowed; allowed: {', '.join(sorted(ALLOWED_IMPORTS))}")
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._module(node, alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level or not node.module:
+            self.refuse(node, "relative imports are not allowed")
+        else:
+            self._module(node, node.module)
+        for alias in node.names:
+            if alias.name == "*":
+                self.refuse(node, "'from ... import *' is not allowed")
+            elif alias.name.startswith("_"):
+                self.refuse(node, f"importing private name {alias.name!r} is not allowed")
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.refuse(node, "'global' is not allowed: a mechanism keeps no hidden state (derive memory from view.trace)")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ATTRIBUTE_BUILTINS:
+            key = node.args[1] if len(node.args) > 1 else None
+            if isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_"):
+                self.allowed_calls.add(id(func))
+            else:
+                self.refuse(node, f"{func.id}() needs a literal attribute name that does not start with '_'")
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in ATTRIBUTE_BUILTINS and id(node) in self.allowed_calls:
+            return
+        if node.id in FORBIDDEN_CALLS:
+            self.refuse(node, f"use of {node.id!r} is forbidden")
+        elif _dunder(node.id):
+            self.refuse(node, f"dunder name {node.id!r} is forbidden")
+        elif node.id in FORBIDDEN_MODULES:
+            self.refuse(node, f"name {node.id!r} (a forbidden module) is not allowed")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        attr = node.attr
+        is_super_init = (
+            attr == "__init__"
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name)
+            and node.value.func.id == "super"
+        )
+        if _dunder(attr) and not is_super_init:
+            self.refuse(node, f"dunder attribute {attr!r} is forbidden")
+        elif attr in FORBIDDEN_ATTRIBUTES:
+            self.refuse(node, f"attribute {attr!r} is forbidden")
+        elif attr.startswith("_") and not _dunder(attr):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                self.refuse(node, f"private attribute {attr!r} is only reachable on self/cls")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and "__" in node.value:
+            self.refuse(node, "string constants may not contain '__' (format-string and lookup tricks)")
+        elif isinstance(node.value, bytes):
+            self.refuse(node, "bytes constants are not allowed")
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self.refuse(node, "async functions are not allowed")
+        self._function(node)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if _dunder(node.name) and node.name not in DUNDER_METHODS:
+            self.refuse(node, f"defining {node.name!r} is not allowed")
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        if node.keywords:
+            self.refuse(node, "class keywords (metaclass=...) are not allowed")
+        self.generic_visit(node)
+
+
+def _check_header(tree: ast.Module) -> list[Violation]:
+    found: dict[str, Any] = {}
+    entries: dict[str, ast.FunctionDef] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("NAME", "TARGET"):
+                found[node.targets[0].id] = node.value.value if isinstance(node.value, ast.Constant) else None
+        elif isinstance(node, ast.FunctionDef):
+            entries[node.name] = node
+    out = []
+    name, target = found.get("NAME"), found.get("TARGET")
+    if not (isinstance(name, str) and name.isidentifier()):
+        out.append(Violation(1, "the module must declare NAME = '<identifier>' at top level"))
+    if target not in TARGETS:
+        out.append(Violation(1, f"the module must declare TARGET = one of {list(TARGETS)} at top level"))
+    elif target not in entries:
+        out.append(Violation(1, f"the module must define the entry function 'def {target}(view):' at top level"))
+    elif not entries[target].args.args:
+        out.append(Violation(entries[target].lineno, f"{target}() must take the view as its first argument"))
+    return out
+
+
+def check_source(source: str) -> PolicyReport:
+    """Check generated mechanism source; ``ok`` only when there are no violations."""
+    if len(source) > MAX_SOURCE_CHARS:
+        return PolicyReport(False, [Violation(0, f"source longer than {MAX_SOURCE_CHARS} characters")])
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        return PolicyReport(False, [Violation(exc.lineno or 0, f"syntax error: {exc.msg}")])
+    checker = _Checker()
+    checker.visit(tree)
+    violations = sorted(checker.violations + _check_header(tree), key=lambda v: v.line)
+    return PolicyReport(not violations, violations)
