@@ -72,8 +72,8 @@ def evaluate_bpb(
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         with amp:
             logits = model(xb)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), ignore_index=IGNORE, reduction="sum")
-        total_nats += float(loss)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), ignore_index=IGNORE, reduction="none")
+        total_nats += float(nats.double().sum())  # float64 sum: the figure must not drift with eval_tokens
     model.train(was_training)
     return total_nats / (math.log(2) * total_bytes)
 

@@ -5,7 +5,7 @@ from typing import Any
 
 NAME = "annealing"
 TARGET = "decide"
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "t0": {"kind": "float", "low": 1e-5, "high": 0.5, "log": True, "default": 0.01},
     "decay": {"kind": "float", "low": 0.5, "high": 1.0, "default": 0.9},
     "t_min": {"kind": "float", "low": 1e-9, "high": 0.01, "log": True, "default": 1e-6},

@@ -5,7 +5,7 @@ from typing import Any
 
 NAME = "bandit"
 TARGET = "propose"
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "policy": {"kind": "choice", "choices": ["ucb1", "thompson"], "default": "ucb1"},
     "c": {"kind": "float", "low": 0.0, "high": 5.0, "default": 1.0},
     "scale": {"kind": "float", "low": 0.01, "high": 0.5, "default": 0.1},

@@ -4,7 +4,7 @@ from typing import Any
 
 NAME = "doe"
 TARGET = "propose"
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "design": {"kind": "choice", "choices": ["L4", "L8", "L9"], "default": "L9"},
     "factors": {"kind": "int", "low": 1, "high": 3, "default": 3},
     "step": {"kind": "float", "low": 0.02, "high": 0.5, "default": 0.2},

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -128,7 +128,7 @@ class SandboxedMechanism:
     ) -> dict[str, Any]:
         return self.run_many([view_payload], lambda _index, guidance, constraints: ask_llm(guidance, constraints))[0]
 
-    def run_many(self, payloads: list[Mapping[str, Any]], ask_llm: ManyAsk) -> list[dict[str, Any]]:
+    def run_many(self, payloads: Sequence[Mapping[str, Any]], ask_llm: ManyAsk) -> list[dict[str, Any]]:
         """Outputs of the entry for each payload (``params`` set from the spec), in order."""
         views = [{**payload, "params": self.spec.params} for payload in payloads]
         request = json.dumps({"op": "run", "source": self.spec.source, "views": views}, allow_nan=False) + "\n"

@@ -204,7 +204,7 @@ class Param:
         else:
             value = low + unit * (high - low)
         if self.kind == "int":
-            return int(min(self.high, max(self.low, round(value))))  # type: ignore[type-var]
+            return int(min(high, max(low, round(value))))
         return min(high, max(low, float(f"{value:.12g}")))
 
 

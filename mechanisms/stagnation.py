@@ -4,7 +4,7 @@ from typing import Any
 
 NAME = "stagnation"
 TARGET = "propose"
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "patience": {"kind": "int", "low": 1, "high": 50, "default": 5},
     "big_scale": {"kind": "float", "low": 0.05, "high": 1.0, "default": 0.3},
     "untouched": {"kind": "int", "low": 1, "high": 10, "default": 3},

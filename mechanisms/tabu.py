@@ -4,7 +4,7 @@ from typing import Any
 
 NAME = "tabu"
 TARGET = "propose"
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "radius": {"kind": "float", "low": 0.0, "high": 0.5, "default": 0.05},
     "tenure": {"kind": "int", "low": 1, "high": 50, "default": 8},
     "retries": {"kind": "int", "low": 0, "high": 5, "default": 2},

@@ -20,6 +20,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from nodes.local_server import MODEL_ALIAS, LocalModelServer
 from nodes.scripted_model import ScriptedChatModel
@@ -138,9 +139,11 @@ def _client(
     return ChatOpenAI(
         model=settings.model,
         base_url=base_url,
-        api_key=api_key,
+        api_key=SecretStr(api_key),
         temperature=settings.temperature,
-        max_tokens=max_tokens,
+        # langchain-openai sends its max_tokens as `max_completion_tokens`, which llama.cpp's server (and other
+        # OpenAI-compatible servers) ignore; `max_tokens` in the body is what all of them read.
+        extra_body=None if max_tokens is None else {"max_tokens": max_tokens},
         timeout=settings.timeout,
         seed=settings.seed,
         max_retries=CLIENT_MAX_RETRIES,

