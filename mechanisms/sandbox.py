@@ -86,8 +86,9 @@ def _preexec(limits: SandboxLimits, views: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if limits.network_namespace:
-            _LIBC.unshare(CLONE_NEWNET)  # needs CAP_SYS_ADMIN; without it the audit hook still refuses sockets
+        unshare = getattr(_LIBC, "unshare", None)  # Linux only
+        if limits.network_namespace and unshare is not None:
+            unshare(CLONE_NEWNET)  # needs CAP_SYS_ADMIN; without it the audit hook still refuses sockets
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # not enforced for root; the audit hook refuses forks
 
     return setup
