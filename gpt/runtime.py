@@ -286,7 +286,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 def summary_block(result: dict[str, Any]) -> str:
     fmt = {"val_bpb": "{:.6f}", "training_seconds": "{:.1f}", "total_seconds": "{:.1f}", "peak_memory_mb": "{:.1f}",
-           "mfu_percent": "{:.2f}", "total_tokens_M": "{:.1f}", "num_params_M": "{:.1f}"}
+           "mfu_percent": "{:.2f}", "total_tokens_M": "{:.3f}", "num_params_M": "{:.1f}"}
     return "---\n" + "\n".join(f"{k + ':':<18}{fmt.get(k, '{}').format(result[k])}" for k in SUMMARY_KEYS)
 
 

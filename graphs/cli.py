@@ -13,7 +13,7 @@ from rich.table import Table
 from graphs.runs import RunConfig, new_run_dir
 
 console = Console()
-SUBCOMMANDS = ("run", "resume", "draw", "report", "mechanisms")
+SUBCOMMANDS = ("run", "resume", "draw", "report", "mechanisms", "ablation")
 
 
 def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
@@ -22,8 +22,18 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, help="run folder (default runs/<time>-<level>)")
     ap.add_argument("--runs-root", type=Path, default=Path("runs"))
-    ap.add_argument("--model", help="model name at --base-url (default: the embedded SmolLM2-135M)")
-    ap.add_argument("--base-url", help="an OpenAI-compatible endpoint (OpenAI, DeepSeek, vLLM, Ollama...)")
+    ap.add_argument(
+        "--llm-model",
+        dest="model",
+        help="model name at --llm-base-url (default: the embedded "
+        "SmolLM2-135M; also BILEVEL_LLM_MODEL or OPENAI_MODEL)",
+    )
+    ap.add_argument(
+        "--llm-base-url",
+        dest="base_url",
+        help="an OpenAI-compatible endpoint: OpenAI, DeepSeek, vLLM, "
+        "Ollama... (also BILEVEL_LLM_BASE_URL or OPENAI_BASE_URL; the key from OPENAI_API_KEY)",
+    )
     ap.add_argument(
         "--mode",
         choices=["params", "code"],
@@ -141,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             from graphs.report import main_report
 
             return main_report(argv)
+        if command == "ablation":
+            from ablation.cli import main_ablation
+
+            return main_ablation(argv)
         from graphs.mechanism_store import main_mechanisms
 
         return main_mechanisms(argv)
