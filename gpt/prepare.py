@@ -105,8 +105,10 @@ def _paths(spec: str) -> list[Source]:
             found.append(Source(p.name, p))
         elif p.is_dir():
             for q in sorted(p.rglob("*")):
-                if q.is_file() and not any(s.startswith(".") for s in q.relative_to(p).parts) and (
-                    q.suffix in TEXT_SUFFIXES or q.suffix == ".parquet"
+                if (
+                    q.is_file()
+                    and not any(s.startswith(".") for s in q.relative_to(p).parts)
+                    and (q.suffix in TEXT_SUFFIXES or q.suffix == ".parquet")
                 ):
                     found.append(Source(f"{p.name}/{q.relative_to(p).as_posix()}", q))
         else:
@@ -384,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {m['corpus']}  cache: {cache_root() / 'data' / m['key']}")
     print(f"vocab_size: {m['vocab_size']}  bos_id: {m['bos_id']}")
     for part in ("train", "val"):
-        print(f"{part}: {m[part + '_docs']} pieces, {m[part + '_tokens']:,} tokens, {m[part + '_bytes']:,} bytes, "
-              f"{m[part + '_bytes'] / m[part + '_tokens']:.2f} bytes/token")
+        print(
+            f"{part}: {m[part + '_docs']} pieces, {m[part + '_tokens']:,} tokens, {m[part + '_bytes']:,} bytes, "
+            f"{m[part + '_bytes'] / m[part + '_tokens']:.2f} bytes/token"
+        )
     print(f"split_sha256: {m['split_sha256']}")
     return 0
 

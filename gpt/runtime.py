@@ -110,7 +110,8 @@ def check_param(p: Param) -> None:
         ok = isinstance(p.value, want) and not isinstance(p.value, bool) and len(p.domain) == 2
         ok = ok and p.domain[0] <= p.value <= p.domain[1]
     if not ok:
-        raise ConfigError(f"hyperparameter {p.name} = {p.value!r} is outside its declaration: {p.kind} {list(p.domain)}")
+        declared = f"{p.kind} {list(p.domain)}"
+        raise ConfigError(f"hyperparameter {p.name} = {p.value!r} is outside its declaration: {declared}")
 
 
 def hyperparameters(script: str) -> dict[str, Any]:
@@ -131,8 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--result-json", type=Path, default=None, help="write the summary here as JSON (atomically)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    ap.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                    help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 (faster on CPUs without AMX)")
+    ap.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 (faster on CPUs without AMX)",
+    )
     ap.add_argument("--corpus", default=prepare.DEFAULT_CORPUS)
     ap.add_argument("--vocab-size", type=int, default=prepare.DEFAULT_VOCAB_SIZE)
     ap.add_argument("--eval-tokens", type=int, default=evaluate.DEFAULT_EVAL_TOKENS)
@@ -285,15 +290,27 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def summary_block(result: dict[str, Any]) -> str:
-    fmt = {"val_bpb": "{:.6f}", "training_seconds": "{:.1f}", "total_seconds": "{:.1f}", "peak_memory_mb": "{:.1f}",
-           "mfu_percent": "{:.2f}", "total_tokens_M": "{:.3f}", "num_params_M": "{:.1f}"}
+    fmt = {
+        "val_bpb": "{:.6f}",
+        "training_seconds": "{:.1f}",
+        "total_seconds": "{:.1f}",
+        "peak_memory_mb": "{:.1f}",
+        "mfu_percent": "{:.2f}",
+        "total_tokens_M": "{:.3f}",
+        "num_params_M": "{:.1f}",
+    }
     return "---\n" + "\n".join(f"{k + ':':<18}{fmt.get(k, '{}').format(result[k])}" for k in SUMMARY_KEYS)
 
 
 def finish(run: Run, trained: Trained, peak_flops: float) -> dict[str, Any]:
     """Evaluate with the locked evaluator, print the summary block, write the JSON."""
     val_bpb = evaluate.evaluate_bpb(
-        trained.model, run.data, run.args.eval_tokens, trained.seq_len, trained.eval_batch_size, run.device,
+        trained.model,
+        run.data,
+        run.args.eval_tokens,
+        trained.seq_len,
+        trained.eval_batch_size,
+        run.device,
         run.dtype if run.dtype != torch.float32 else None,
     )
     clock = run.clock

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,7 +67,21 @@ class Trial:
 
 
 class Executor(Protocol):
+    """Runs trials. `run_batch` returns the outcomes in the order of `trials`, whatever order they finish in."""
+
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]: ...
+
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]: ...
+
+
+def run_in_threads(
+    executor: Executor, trials: list[Trial], settings: TrainerSettings, parallel: int
+) -> list[dict[str, Any]]:
+    """Run `trials` with at most `parallel` at a time (each trial is a child process: threads only wait)."""
+    if len(trials) <= 1 or parallel <= 1:
+        return [executor.run(t, settings) for t in trials]
+    with ThreadPoolExecutor(max_workers=min(parallel, len(trials))) as pool:
+        return list(pool.map(lambda t: executor.run(t, settings), trials))
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -76,7 +91,14 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 class LocalExecutor:
-    """Runs a trial in a child process group on this machine; a timeout kills the whole group."""
+    """Runs a trial in a child process group on this machine; a timeout kills the whole group. A batch runs
+    `parallel` trials at a time (default 1: on a small CPU, parallel trials only slow each other down)."""
+
+    def __init__(self, parallel: int = 1) -> None:
+        self.parallel = parallel
+
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
+        return run_in_threads(self, trials, settings, self.parallel)
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         train_py, result_json, log = trial.folder / "train.py", trial.folder / "result.json", trial.folder / "log.txt"

@@ -16,8 +16,13 @@ SPLIT = "f" * 64
 
 def synthetic_bpb(params: dict[str, Any]) -> float:
     """A smooth landscape with its optimum away from the defaults (MATRIX_LR 0.08, WARMDOWN_FRAC 0.7)."""
-    return round(1.9 + 0.3 * math.log(params["MATRIX_LR"] / 0.08) ** 2 + 0.2 * (params["WARMDOWN_FRAC"] - 0.7) ** 2
-                 + 0.01 * abs(params["DEPTH"] - 4), 6)
+    return round(
+        1.9
+        + 0.3 * math.log(params["MATRIX_LR"] / 0.08) ** 2
+        + 0.2 * (params["WARMDOWN_FRAC"] - 0.7) ** 2
+        + 0.01 * abs(params["DEPTH"] - 4),
+        6,
+    )
 
 
 class SyntheticExecutor:
@@ -27,16 +32,29 @@ class SyntheticExecutor:
         self.delay_s = delay_s
         self.runs: list[str] = []
 
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
+        return [self.run(t, settings) for t in trials]
+
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         self.runs.append(trial.experiment_id)
         params = _constants(trial.folder / "train.py")
         time.sleep(self.delay_s)
         if params["WEIGHT_DECAY"] > 0.4:
-            return {"ok": False, "returncode": 3, "error": "exit 3: diverged (NaN or exploding loss)",
-                    "wall_seconds": 0.01, "log_tail": "loss nan"}
-        result = {"val_bpb": synthetic_bpb(params), "training_seconds": min(1.0, settings.budget_s),
-                  "evaluator_sha256": file_sha256(EVALUATOR_PATH), "split_sha256": SPLIT, "peak_memory_mb": 512.0,
-                  "num_steps": 10}
+            return {
+                "ok": False,
+                "returncode": 3,
+                "error": "exit 3: diverged (NaN or exploding loss)",
+                "wall_seconds": 0.01,
+                "log_tail": "loss nan",
+            }
+        result = {
+            "val_bpb": synthetic_bpb(params),
+            "training_seconds": min(1.0, settings.budget_s),
+            "evaluator_sha256": file_sha256(EVALUATOR_PATH),
+            "split_sha256": SPLIT,
+            "peak_memory_mb": 512.0,
+            "num_steps": 10,
+        }
         return {"ok": True, "returncode": 0, "wall_seconds": 0.01, "result": result}
 
 

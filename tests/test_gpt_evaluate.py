@@ -65,8 +65,13 @@ def test_evaluator_hash_is_the_file_hash() -> None:
 
 
 def good_result() -> dict:
-    return {"val_bpb": 1.5, "evaluator_sha256": "e" * 64, "split_sha256": "s" * 64, "budget_s": 60,
-            "training_seconds": 59.9}
+    return {
+        "val_bpb": 1.5,
+        "evaluator_sha256": "e" * 64,
+        "split_sha256": "s" * 64,
+        "budget_s": 60,
+        "training_seconds": 59.9,
+    }
 
 
 def test_verify_result_accepts_a_sound_result_and_names_each_problem() -> None:

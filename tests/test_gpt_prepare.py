@@ -118,10 +118,22 @@ def test_climbmix_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_cli_prints_a_summary_and_fails_cleanly(corpus: Path, tmp_path: Path) -> None:
     env = {"BILEVEL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, "-m", "gpt.prepare", "--corpus", str(corpus), "--vocab-size", str(VOCAB)],
-                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gpt.prepare", "--corpus", str(corpus), "--vocab-size", str(VOCAB)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "split_sha256:" in ok.stdout and "bytes/token" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "gpt.prepare", "--corpus", str(tmp_path / "missing")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gpt.prepare", "--corpus", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "corpus path not found" in bad.stderr

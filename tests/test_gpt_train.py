@@ -43,8 +43,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def run_train(env: dict[str, str], script: Path, *args: str, budget: float = 3.0) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(script), "--budget-s", str(budget), "--corpus", env["CORPUS"],
-           "--vocab-size", str(VOCAB), "--eval-tokens", str(EVAL_TOKENS), *args]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--budget-s",
+        str(budget),
+        "--corpus",
+        env["CORPUS"],
+        "--vocab-size",
+        str(VOCAB),
+        "--eval-tokens",
+        str(EVAL_TOKENS),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=script.parent, timeout=300)
 
 
@@ -55,9 +66,23 @@ def parse_summary(stdout: str) -> dict[str, float]:
 
 def test_the_block_of_train_py_parses_and_checks() -> None:
     params = {p.name: p for p in runtime.parse_block(TRAIN.read_text())}
-    for required in ("DEPTH", "ASPECT_RATIO", "HEAD_DIM", "SEQ_LEN", "TOTAL_BATCH_TOKENS", "DEVICE_BATCH_SIZE",
-                     "MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR", "WEIGHT_DECAY", "WARMUP_FRAC",
-                     "WARMDOWN_FRAC", "FINAL_LR_FRAC", "OPTIMIZER"):
+    for required in (
+        "DEPTH",
+        "ASPECT_RATIO",
+        "HEAD_DIM",
+        "SEQ_LEN",
+        "TOTAL_BATCH_TOKENS",
+        "DEVICE_BATCH_SIZE",
+        "MATRIX_LR",
+        "EMBEDDING_LR",
+        "UNEMBEDDING_LR",
+        "SCALAR_LR",
+        "WEIGHT_DECAY",
+        "WARMUP_FRAC",
+        "WARMDOWN_FRAC",
+        "FINAL_LR_FRAC",
+        "OPTIMIZER",
+    ):
         assert required in params
     assert params["OPTIMIZER"].kind == "choice" and params["OPTIMIZER"].domain == ("muon", "adamw")
     assert params["MATRIX_LR"].log and params["DEPTH"].kind == "int"
@@ -111,11 +136,13 @@ def test_bad_arguments_exit_2(env: dict[str, str], tmp_path: Path) -> None:
     base = [sys.executable, "-m", "gpt.train", "--budget-s", "2", "--result-json", str(out)]
     unknown = subprocess.run([*base, "--device", "tpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert unknown.returncode == 2 and "invalid choice: 'tpu'" in unknown.stderr
-    missing = subprocess.run([*base, "--corpus", str(tmp_path / "nope")], capture_output=True, text=True, env=env,
-                             cwd=ROOT, timeout=60)
+    missing = subprocess.run(
+        [*base, "--corpus", str(tmp_path / "nope")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert missing.returncode == 2 and "corpus path not found" in missing.stderr
-    budget = subprocess.run([*base[:3], "--budget-s", "-1"], capture_output=True, text=True, env=env, cwd=ROOT,
-                            timeout=60)
+    budget = subprocess.run(
+        [*base[:3], "--budget-s", "-1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert budget.returncode == 2 and "budget" in budget.stderr
     assert not out.exists()
 
