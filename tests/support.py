@@ -9,7 +9,7 @@ from typing import Any
 
 from graphs.runs import RunConfig
 from nodes.context import EVALUATOR_PATH, file_sha256
-from nodes.trainer import Trial, TrainerSettings
+from nodes.trainer import TrainerSettings, Trial
 
 SPLIT = "f" * 64
 
