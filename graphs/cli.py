@@ -40,6 +40,7 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
         default="params",
         help="propose hyperparameter changes, or search/replace edits of train.py",
     )
+    ap.add_argument("--batch", type=int, default=1, help="proposals per iteration, trained in parallel")
     ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
     ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
@@ -74,6 +75,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         corpus=args.corpus,
         seed=args.seed,
         mode=args.mode,
+        batch=args.batch,
         model=args.model,
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,

@@ -33,6 +33,7 @@ class RunConfig:
     eval_tokens: int | None = None
     seed: int = 0
     mode: str = "params"
+    batch: int = 1  # proposals per inner iteration, trained in parallel by the executor
     model: str | None = None
     base_url: str | None = None
     max_llm_calls: int | None = None
@@ -109,6 +110,7 @@ def make_context(
         budget=budget,
         executor=executor or LocalExecutor(),
         mode=config.mode,
+        batch=config.batch,
         noise_margin=config.noise_margin,
         seed=config.seed,
         deadline=deadline,
@@ -124,8 +126,8 @@ def initial_inner_state(space: SearchSpace, stop_at: int) -> InnerState:
         incumbent_id=None,
         best_bpb=None,
         best_id=None,
-        pending=None,
-        outcome=None,
+        batch=[],
+        outcomes=[],
         settings={"strategy": "explore", "frozen": [], "guidance": ""},
         mechanisms={},
         stop_reason=None,

@@ -39,6 +39,7 @@ class InnerContext:
     propose_mechanism: MechanismFn | None = None  # None: the default LLM proposer ("llm-greedy")
     decide_mechanism: MechanismFn | None = None  # None: greedy keep-if-better
     mode: str = "params"  # "params" | "code"
+    batch: int = 1  # proposals trained together per iteration (in parallel where the executor allows)
     noise_margin: float = 0.0  # a candidate must beat the best by more than this to be kept
     seed: int = 0
     deadline: float | None = None  # time.time() after which no new experiment starts

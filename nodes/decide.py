@@ -18,21 +18,23 @@ from nodes.propose import Node
 from nodes.state import InnerState
 
 
-def experiment_record(state: InnerState, status: str, reason: str) -> dict[str, Any]:
-    pending, outcome = state["pending"] or {}, state["outcome"] or {}
+def experiment_record(item: dict[str, Any], outcome: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
     result = outcome.get("result", {}) if outcome.get("status") == "ok" else {}
-    changes = pending.get("changes", {})
-    description = pending.get("description") or ", ".join(f"{k}={v}" for k, v in changes.items()) or "baseline"
+    changes = item.get("changes", {})
+    edits = item.get("edits", [])
+    description = ", ".join(f"{k}={v}" for k, v in changes.items()) or (
+        f"{len(edits)} code edit(s): {item.get('hypothesis', '')[:80]}" if edits else "baseline"
+    )
     return {
-        "id": pending["id"],
-        "iteration": state.get("iteration", 0),
-        "params": pending.get("params", {}),
+        "id": item["id"],
+        "iteration": item["iteration"],
+        "params": item.get("params", {}),
         "changes": changes,
-        "edits": pending.get("edits", []),
-        "hypothesis": pending.get("hypothesis", ""),
-        "expected_direction": pending.get("expected_direction", ""),
-        "mechanism": pending.get("mechanism", ""),
-        "proposal_source": pending.get("source", ""),
+        "edits": edits,
+        "hypothesis": item.get("hypothesis", ""),
+        "expected_direction": item.get("expected_direction", ""),
+        "mechanism": item.get("mechanism", ""),
+        "proposal_source": item.get("source", ""),
         "val_bpb": result.get("val_bpb"),
         "peak_memory_mb": result.get("peak_memory_mb"),
         "training_seconds": result.get("training_seconds"),
@@ -64,41 +66,55 @@ def make_decide(mechanism: Mechanism | None) -> Node:
 
 
 def decide_step(state: InnerState, ctx: InnerContext, mechanism: Mechanism | None) -> dict[str, Any]:
-    outcome = state["outcome"] or {}
+    """Decide each experiment of the batch in id order, each against the best so far: the ledger and the
+    decisions do not depend on the order in which parallel trials finished."""
+    current: dict[str, Any] = dict(state)
+    for item, outcome in sorted(
+        zip(state.get("batch", []), state.get("outcomes", []), strict=True), key=lambda pair: pair[0]["id"]
+    ):
+        current.update(decide_one(current, ctx, mechanism, item, outcome))
+    updates = {
+        k: current[k] for k in ("experiments", "incumbent", "incumbent_id", "best_bpb", "best_id") if k in current
+    }
+    updates.update(batch=[], outcomes=[], iteration=state.get("iteration", 0) + len(state.get("batch", [])))
+    ctx.ledger.write_results(updates["experiments"])
+    stop = stop_reason({**state, **updates}, ctx)
+    if stop:
+        updates["stop_reason"] = stop
+    return updates
+
+
+def decide_one(
+    state: dict[str, Any], ctx: InnerContext, mechanism: Mechanism | None, item: dict[str, Any], outcome: dict[str, Any]
+) -> dict[str, Any]:
     experiments = list(state.get("experiments", []))
     best = state.get("best_bpb")
-    decision: dict[str, Any] | None = None
     if outcome.get("status") != "ok":
         status, reason = "crash", str(outcome.get("error", "crashed"))
     elif best is None:
         status, reason = "keep", "baseline: the reference every proposal is measured against"
     else:
-        bpb_now = outcome["result"]["val_bpb"]
+        decision = None
         if mechanism is not None:
-            decision, _ = run_mechanism(state, ctx, mechanism, result=experiment_record(state, "pending", ""))
-        decision = decision or greedy_decision(bpb_now, best, ctx.noise_margin)
+            judged = {**state, "iteration": item["iteration"]}
+            decision, _ = run_mechanism(
+                judged,
+                ctx,
+                mechanism,  # type: ignore[arg-type]
+                result=experiment_record(item, outcome, "pending", ""),
+            )
+        decision = decision or greedy_decision(outcome["result"]["val_bpb"], best, ctx.noise_margin)
         status, reason = ("keep" if decision["keep"] else "discard"), str(decision["reason"])
-
-    record = experiment_record(state, status, reason)
+    record = experiment_record(item, outcome, status, reason)
     experiments.append(record)
-    updates: dict[str, Any] = {
-        "experiments": experiments,
-        "pending": None,
-        "outcome": None,
-        "iteration": state.get("iteration", 0) + 1,
-    }
+    updates: dict[str, Any] = {"experiments": experiments}
     bpb = record["val_bpb"]
     if status == "keep":
         updates.update(incumbent=record["params"], incumbent_id=record["id"])
     if status != "crash" and isinstance(bpb, float) and (best is None or bpb < best):
         updates.update(best_bpb=bpb, best_id=record["id"])
-
-    ctx.ledger.write_results(experiments)
     ctx.ledger.event("experiment", event_id=f"{record['id']}:decide", **record)
     _progress_line(ctx, record, updates.get("best_bpb", best))
-    stop = stop_reason({**state, **updates}, ctx)
-    if stop:
-        updates["stop_reason"] = stop
     return updates
 
 

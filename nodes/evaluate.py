@@ -32,21 +32,24 @@ def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str 
 
 def evaluate(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
     ctx = runtime.context
-    outcome = dict(state["outcome"] or {})
-    experiment_id = state["pending"]["id"] if state.get("pending") else "?"
     baseline = next((e for e in state.get("experiments", []) if e.get("split_sha256")), None)
     expected_split = ctx.split_sha256 or (baseline or {}).get("split_sha256")
-    if outcome.get("ok"):
-        refusal = check_result(outcome["result"], ctx, expected_split)
-        if refusal:
-            outcome.update(ok=False, error=f"result refused: {refusal}", refused=True)
-    status = "ok" if outcome.get("ok") else "crash"
-    ctx.ledger.event(
-        "evaluate",
-        event_id=f"{experiment_id}:evaluate",
-        experiment=experiment_id,
-        status=status,
-        val_bpb=outcome.get("result", {}).get("val_bpb") if status == "ok" else None,
-        error=outcome.get("error"),
-    )
-    return {"outcome": {**outcome, "status": status}}
+    checked = []
+    for item, raw in zip(state.get("batch", []), state.get("outcomes", []), strict=True):
+        outcome = dict(raw)
+        if outcome.get("ok"):
+            refusal = check_result(outcome["result"], ctx, expected_split)
+            if refusal:
+                outcome.update(ok=False, error=f"result refused: {refusal}", refused=True)
+        status = "ok" if outcome.get("ok") else "crash"
+        expected_split = expected_split or outcome.get("result", {}).get("split_sha256")  # the baseline's split
+        ctx.ledger.event(
+            "evaluate",
+            event_id=f"{item['id']}:evaluate",
+            experiment=item["id"],
+            status=status,
+            val_bpb=outcome["result"].get("val_bpb") if status == "ok" else None,
+            error=outcome.get("error"),
+        )
+        checked.append({**outcome, "status": status})
+    return {"outcomes": checked}

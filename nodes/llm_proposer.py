@@ -54,7 +54,7 @@ def proposal_schema(names: list[str]) -> type[BaseModel]:
 def format_history(experiments: list[dict[str, Any]]) -> str:
     lines = []
     for e in experiments[-HISTORY_SHOWN:]:
-        bpb = f"{e['val_bpb']:.6f}" if isinstance(e.get("val_bpb"), float) else "crash"
+        bpb = f"{e['val_bpb']:.6f}" if isinstance(e.get("val_bpb"), float) else "-" * 8
         lines.append(f"{e['id']} {e['status']:<7} {bpb}  {e['description']}  | {e.get('hypothesis', '')[:120]}")
     return "\n".join(lines) or "(none yet)"
 

@@ -1,4 +1,8 @@
-"""The `propose` node: the active propose mechanism chooses the next experiment (iteration 0 is the baseline)."""
+"""The `propose` node: the active propose mechanism chooses the next experiment (iteration 0 is the baseline).
+
+With a batch size k > 1 the mechanism is called k times; each call sees the proposals already in the batch as
+`running` experiments of its trace, so a search that avoids what it has tried also avoids what is being tried.
+"""
 
 from __future__ import annotations
 
@@ -21,55 +25,87 @@ def experiment_id(iteration: int) -> str:
     return f"e{iteration:04d}"
 
 
+def running_record(item: dict[str, Any]) -> dict[str, Any]:
+    """How a proposal of the current batch appears in the trace the next call of the batch sees."""
+    return {
+        "id": item["id"],
+        "iteration": item["iteration"],
+        "params": item["params"],
+        "changes": item["changes"],
+        "hypothesis": item["hypothesis"],
+        "val_bpb": None,
+        "status": "running",
+        "mechanism": item["mechanism"],
+        "description": ", ".join(f"{k}={v}" for k, v in item["changes"].items()),
+    }
+
+
+def one_proposal(state: InnerState, ctx: InnerContext, mechanism: Mechanism) -> dict[str, Any]:
+    iteration = state.get("iteration", 0)
+    incumbent = dict(state.get("incumbent", {}))
+    proposal, _ = run_mechanism(state, ctx, mechanism)
+    if proposal is None:  # failed or refused: recorded; the default proposer answers this iteration
+        proposal = {**ask_llm(state, ctx), "mechanism_failed": True}
+    changes = dict(proposal.get("changes", {}))
+    return {
+        "id": experiment_id(iteration),
+        "iteration": iteration,
+        "params": {**incumbent, **changes},
+        "changes": changes,
+        "edits": list(proposal.get("edits", [])),
+        "hypothesis": str(proposal.get("hypothesis", "")),
+        "expected_direction": str(proposal.get("expected_direction", "")),
+        "mechanism": mechanism.id,
+        "source": proposal.get("source", "mechanism"),
+        "mechanism_failed": bool(proposal.get("mechanism_failed")),
+    }
+
+
 def make_propose(mechanism: Mechanism) -> Node:
     """The node that runs `mechanism` as the inner graph's `propose` step."""
 
     def propose(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
         ctx = runtime.context
         iteration = state.get("iteration", 0)
-        eid = experiment_id(iteration)
-        incumbent = dict(state.get("incumbent", {}))
         if not state.get("experiments"):
-            pending = {
-                "id": eid,
-                "params": incumbent,
-                "changes": {},
-                "hypothesis": "baseline configuration",
-                "expected_direction": "",
-                "mechanism": "baseline",
-                "source": "baseline",
-            }
+            batch = [
+                {
+                    "id": experiment_id(iteration),
+                    "iteration": iteration,
+                    "params": dict(state.get("incumbent", {})),
+                    "changes": {},
+                    "edits": [],
+                    "hypothesis": "baseline configuration",
+                    "expected_direction": "",
+                    "mechanism": "baseline",
+                    "source": "baseline",
+                }
+            ]
         else:
+            size = max(1, min(ctx.batch, state.get("stop_at", iteration + 1) - iteration))
+            batch = []
             try:
-                proposal, _ = run_mechanism(state, ctx, mechanism)
-                if proposal is None:  # failed or refused: recorded; the default proposer answers this iteration
-                    proposal = {**ask_llm(state, ctx), "mechanism_failed": True}
+                for j in range(size):
+                    running = [running_record(b) for b in batch]
+                    view_state = {
+                        **state,
+                        "iteration": iteration + j,
+                        "experiments": [*state.get("experiments", []), *running],
+                    }
+                    batch.append(one_proposal(view_state, ctx, mechanism))  # type: ignore[arg-type]
             except LLMBudgetExhausted as e:
                 ctx.ledger.event("stop", iteration=iteration, reason=str(e))
-                return {"pending": None, "stop_reason": str(e)}
-            changes = dict(proposal.get("changes", {}))
-            pending = {
-                "id": eid,
-                "params": {**incumbent, **changes},
-                "changes": changes,
-                "edits": list(proposal.get("edits", [])),
-                "hypothesis": str(proposal.get("hypothesis", "")),
-                "expected_direction": str(proposal.get("expected_direction", "")),
-                "mechanism": mechanism.id,
-                "source": proposal.get("source", "mechanism"),
-                "mechanism_failed": bool(proposal.get("mechanism_failed")),
-            }
-        ctx.ledger.event(
-            "propose",
-            experiment=eid,
-            iteration=iteration,
-            **{k: v for k, v in pending.items() if k not in ("id", "params")},
-        )
-        return {"pending": pending}
+                if not batch:
+                    return {"batch": [], "stop_reason": str(e)}
+        for item in batch:
+            ctx.ledger.event(
+                "propose", experiment=item["id"], **{k: v for k, v in item.items() if k not in ("id", "params")}
+            )
+        return {"batch": batch, "outcomes": []}
 
     propose.__name__ = f"propose[{mechanism.id}]"
     return propose
 
 
 def route_after_propose(state: InnerState) -> Literal["train", "__end__"]:
-    return "train" if state.get("pending") else END
+    return "train" if state.get("batch") else END

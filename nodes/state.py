@@ -34,8 +34,8 @@ class InnerState(TypedDict, total=False):
     best_bpb: float | None  # the lowest val_bpb of any experiment so far
     best_id: str | None  # the experiment that reached it (equal to incumbent_id unless a decide mechanism
     #                      accepted a worse result, as simulated annealing does)
-    pending: dict[str, Any] | None  # the proposal being trained
-    outcome: dict[str, Any] | None  # what the trainer returned for `pending`
+    batch: list[dict[str, Any]]  # the proposals being trained (one, or k when trials run in parallel), by id
+    outcomes: list[dict[str, Any]]  # what the trainer returned for each proposal of `batch`, in the same order
     settings: Settings
     mechanisms: dict[str, MechanismRecord]  # by target node
     stop_reason: str | None

@@ -1,7 +1,8 @@
-"""The `train` node: write the candidate train.py into the experiment's folder and run it through the executor.
+"""The `train` node: write each candidate train.py of the batch into its experiment's folder and hand the batch
+to the executor (trials of a batch run in parallel where the executor allows).
 
 Idempotent on the experiment id: once an experiment has an outcome file, the node reuses it and never trains the
-same experiment twice (a resume after kill -9 lands here with the proposal already in state).
+same experiment twice (a resume after kill -9 lands here with the batch already in state).
 """
 
 from __future__ import annotations
@@ -29,53 +30,67 @@ def incumbent_source(state: InnerState, ctx: InnerContext) -> str:
     return ctx.base_source
 
 
-def candidate_source(pending: dict[str, Any], base: str) -> str:
-    source = apply_edits(base, pending["edits"]) if pending.get("edits") else base
-    return rewrite_constants(source, pending["params"])
+def candidate_source(item: dict[str, Any], base: str) -> str:
+    source = apply_edits(base, item["edits"]) if item.get("edits") else base
+    return rewrite_constants(source, item["params"])
+
+
+def prepare_trial(item: dict[str, Any], base: str, ctx: InnerContext) -> dict[str, Any] | None:
+    """Write the candidate's files; None when ready to run, else the outcome of a refused candidate."""
+    folder = ctx.ledger.experiment_dir(item["id"])
+    try:
+        source = candidate_source(item, base)
+    except EditError as e:
+        return {"ok": False, "error": f"candidate refused: {e}", "returncode": None, "wall_seconds": 0.0}
+    write_atomic(folder / "train.py", source)
+    write_atomic(folder / "diff.patch", unified_diff(base, source, "incumbent/train.py", f"{item['id']}/train.py"))
+    write_json_atomic(folder / "proposal.json", item)
+    ctx.ledger.event(
+        "train_start", event_id=f"{item['id']}:train_start", experiment=item["id"], budget_s=ctx.trainer.budget_s
+    )
+    return None
 
 
 def train(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
     ctx = runtime.context
-    pending = state["pending"] or {}
-    folder = ctx.ledger.experiment_dir(pending["id"])
-    outcome_path = folder / "outcome.json"
-    if outcome_path.exists():
-        outcome = _read_outcome(outcome_path)
-        if outcome is not None:
-            ctx.ledger.event("train_reused", event_id=f"{pending['id']}:train_reused", experiment=pending["id"])
-            return {"outcome": outcome}
-
+    batch = state.get("batch", [])
     base = incumbent_source(state, ctx)
-    try:
-        source = candidate_source(pending, base)
-    except EditError as e:
-        outcome = {"ok": False, "error": f"candidate refused: {e}", "returncode": None, "wall_seconds": 0.0}
-    else:
-        write_atomic(folder / "train.py", source)
-        write_atomic(
-            folder / "diff.patch", unified_diff(base, source, "incumbent/train.py", f"{pending['id']}/train.py")
-        )
-        write_json_atomic(folder / "proposal.json", pending)
-        ctx.ledger.event(
-            "train_start",
-            event_id=f"{pending['id']}:train_start",
-            experiment=pending["id"],
-            budget_s=ctx.trainer.budget_s,
-        )
-        outcome = ctx.executor.run(Trial(pending["id"], folder), ctx.trainer)
-    write_json_atomic(outcome_path, outcome)
+    outcomes: dict[str, dict[str, Any]] = {}
+    to_run: list[Trial] = []
+    for item in batch:
+        previous = read_outcome_file(ctx.ledger.experiment_dir(item["id"]) / "outcome.json")
+        if previous is not None:
+            ctx.ledger.event("train_reused", event_id=f"{item['id']}:train_reused", experiment=item["id"])
+            outcomes[item["id"]] = previous
+            continue
+        refused = prepare_trial(item, base, ctx)
+        if refused is not None:
+            _finish(ctx, item["id"], refused)
+            outcomes[item["id"]] = refused
+        else:
+            to_run.append(Trial(item["id"], ctx.ledger.experiment_dir(item["id"])))
+    if to_run:
+        for trial, outcome in zip(to_run, ctx.executor.run_batch(to_run, ctx.trainer), strict=True):
+            _finish(ctx, trial.experiment_id, outcome)
+            outcomes[trial.experiment_id] = outcome
+    return {"outcomes": [outcomes[item["id"]] for item in batch]}
+
+
+def _finish(ctx: InnerContext, experiment_id: str, outcome: dict[str, Any]) -> None:
+    write_json_atomic(ctx.ledger.experiment_dir(experiment_id) / "outcome.json", outcome)
     ctx.ledger.event(
         "train_end",
-        event_id=f"{pending['id']}:train_end",
-        experiment=pending["id"],
+        event_id=f"{experiment_id}:train_end",
+        experiment=experiment_id,
         ok=outcome["ok"],
         error=outcome.get("error"),
         wall_seconds=outcome.get("wall_seconds"),
     )
-    return {"outcome": outcome}
 
 
-def _read_outcome(path: Path) -> dict[str, Any] | None:
+def read_outcome_file(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
     try:
         outcome = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

@@ -19,6 +19,7 @@ from nodes.scripted_model import ScriptedChatModel
 def run_inner(tmp_path: Path, script: list, iterations: int, **overrides) -> tuple[dict, SyntheticExecutor]:
     executor = SyntheticExecutor()
     llm = ScriptedChatModel(script=script)
+    run_inner.llm = llm  # type: ignore[attr-defined]
     final = execute(config(tmp_path, iterations=iterations, **overrides), llm=llm, executor=executor,
                     inner_only=True)
     return final, executor
@@ -108,3 +109,21 @@ def test_a_finished_run_is_not_run_again(tmp_path):
                     inner_only=True)
     assert again["experiments"] == final["experiments"]
     assert executor.runs == ["e0000", "e0001"]
+
+
+def test_a_batch_is_decided_in_id_order_and_each_call_sees_the_running_proposals(tmp_path):
+    script = [change("MATRIX_LR", v) for v in (0.2, 0.08, 0.06, 0.1, 0.12, 0.15)]
+    final, executor = run_inner(tmp_path, script, iterations=6, batch=3)
+    ids = [e["id"] for e in final["experiments"]]
+    assert ids == [f"e{i:04d}" for i in range(7)]
+    assert executor.runs == ids
+    first_batch = final["experiments"][1:4]
+    # decided in id order against the best so far: 0.2 is worse than the baseline, 0.08 a new best, 0.06 not better
+    assert [e["status"] for e in first_batch] == ["discard", "keep", "discard"]
+    assert final["best_id"] == "e0002"
+    ledger = Ledger(tmp_path / "run")
+    calls = [e for e in ledger.events("mechanism_call")]
+    assert [c["iteration"] for c in calls] == [1, 2, 3, 4, 5, 6]
+    # the second call of the first batch was shown the first proposal as running
+    second_prompt = run_inner.llm.calls[1][-1].content  # type: ignore[attr-defined]
+    assert "e0001 running" in second_prompt and "MATRIX_LR=0.2" in second_prompt
