@@ -1,6 +1,6 @@
 """A run driven by a scripted model and the synthetic executor, as its own process (so tests can kill -9 it).
 
-    python tests/scripted_run.py RUN_DIR ITERATIONS DELAY_S [LEVEL]
+python tests/scripted_run.py RUN_DIR ITERATIONS DELAY_S [LEVEL]
 """
 
 from __future__ import annotations
@@ -27,11 +27,21 @@ def main() -> None:
     if (run_dir / "run.json").exists():
         config = RunConfig.load(run_dir)
     else:
-        config = RunConfig(run_dir=str(run_dir), level="1" if inner_only else level, iterations=iterations,
-                           budget_s=1.0, segment=3, generate_mode="compose")
+        config = RunConfig(
+            run_dir=str(run_dir),
+            level="1" if inner_only else level,
+            iterations=iterations,
+            budget_s=1.0,
+            segment=3,
+            generate_mode="compose",
+        )
     script = [change("MATRIX_LR", v) for v in VALUES]
-    execute(config, llm=ScriptedChatModel(script=script, cycle=True), executor=SyntheticExecutor(delay),
-            inner_only=inner_only)
+    execute(
+        config,
+        llm=ScriptedChatModel(script=script, cycle=True),
+        executor=SyntheticExecutor(delay),
+        inner_only=inner_only,
+    )
 
 
 if __name__ == "__main__":

@@ -10,18 +10,17 @@ from support import SyntheticExecutor, change, config, synthetic_bpb
 
 from graphs.run import execute
 from graphs.runs import initial_inner_state, make_context
-from nodes.llm_proposer import ask_llm
-from nodes.structured import LLMBudget
 from nodes.ledger import Ledger
+from nodes.llm_proposer import ask_llm
 from nodes.scripted_model import ScriptedChatModel
+from nodes.structured import LLMBudget
 
 
 def run_inner(tmp_path: Path, script: list, iterations: int, **overrides) -> tuple[dict, SyntheticExecutor]:
     executor = SyntheticExecutor()
     llm = ScriptedChatModel(script=script)
     run_inner.llm = llm  # type: ignore[attr-defined]
-    final = execute(config(tmp_path, iterations=iterations, **overrides), llm=llm, executor=executor,
-                    inner_only=True)
+    final = execute(config(tmp_path, iterations=iterations, **overrides), llm=llm, executor=executor, inner_only=True)
     return final, executor
 
 
@@ -69,8 +68,14 @@ def test_every_kind_of_bad_answer_is_re_asked_then_falls_back(tmp_path):
     calls = list(ledger.events("llm_call"))
     assert len(calls) == 6 and not any(c["ok"] for c in calls)
     errors = " | ".join(c["error"] for c in calls)
-    for expected in ("did not call the tool", "did not validate", "changes.0.name", "DEPTH=99", "no-op",
-                     "MATRIX_LR: not a literal"):
+    for expected in (
+        "did not call the tool",
+        "did not validate",
+        "changes.0.name",
+        "DEPTH=99",
+        "no-op",
+        "MATRIX_LR: not a literal",
+    ):
         assert expected in errors
     sources = [e["proposal_source"] for e in final["experiments"][1:]]
     assert sources == ["fallback", "fallback"]
@@ -83,8 +88,9 @@ def test_frozen_parameters_are_refused(tmp_path):
     cfg = config(tmp_path)
     cfg.save()
     ledger = Ledger(tmp_path / "run")
-    ctx = make_context(cfg, ledger, ScriptedChatModel(script=[change("DEPTH", 5), change("MATRIX_LR", 0.08)]),
-                       LLMBudget())
+    ctx = make_context(
+        cfg, ledger, ScriptedChatModel(script=[change("DEPTH", 5), change("MATRIX_LR", 0.08)]), LLMBudget()
+    )
     state = initial_inner_state(ctx.space, 5)
     state["settings"] = {"strategy": "explore", "frozen": ["DEPTH"], "guidance": ""}
     state["experiments"] = [{"id": "e0000", "status": "keep", "val_bpb": 2.0, "description": "baseline"}]
@@ -105,8 +111,9 @@ def test_llm_budget_stops_cleanly(tmp_path):
 
 def test_a_finished_run_is_not_run_again(tmp_path):
     final, executor = run_inner(tmp_path, [change("MATRIX_LR", 0.08)], iterations=1)
-    again = execute(config(tmp_path, iterations=1), llm=ScriptedChatModel(script=[]), executor=executor,
-                    inner_only=True)
+    again = execute(
+        config(tmp_path, iterations=1), llm=ScriptedChatModel(script=[]), executor=executor, inner_only=True
+    )
     assert again["experiments"] == final["experiments"]
     assert executor.runs == ["e0000", "e0001"]
 

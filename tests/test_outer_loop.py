@@ -20,7 +20,7 @@ from nodes.scripted_model import ScriptedChatModel
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 # A mechanism as a capable model would write it: coordinate descent over the least-tried parameter.
-COORDINATE_MECHANISM = '''
+COORDINATE_MECHANISM = """
 NAME = "coordinate"
 TARGET = "propose"
 
@@ -35,9 +35,9 @@ def propose(view):
     changes = view.space.neighbour(view.incumbent, view.rng, [name], 0.2)
     return {"changes": changes, "hypothesis": "coordinate step on the least-tried parameter " + name,
             "expected_direction": "lower"}
-'''
+"""
 
-HOSTILE_MECHANISM = '''
+HOSTILE_MECHANISM = """
 NAME = "thief"
 TARGET = "propose"
 import os
@@ -46,11 +46,16 @@ import os
 def propose(view):
     return {"changes": {"MATRIX_LR": float(len(os.environ.get("OPENAI_API_KEY", "")))}, "hypothesis": "x",
             "expected_direction": "lower"}
-'''
+"""
 
 
-def router(proposals: list[dict[str, Any]], *, generate: list[Any] | None = None,
-           adjust: dict[str, Any] | None = None, compose: dict[str, Any] | None = None):
+def router(
+    proposals: list[dict[str, Any]],
+    *,
+    generate: list[Any] | None = None,
+    adjust: dict[str, Any] | None = None,
+    compose: dict[str, Any] | None = None,
+):
     """Answers each structured call according to which node asked (read from the system prompt)."""
     proposal_iter = itertools.cycle(proposals)
     generated = iter(generate or [])
@@ -60,8 +65,11 @@ def router(proposals: list[dict[str, Any]], *, generate: list[Any] | None = None
         if system == ADJUST_SYSTEM:
             return adjust or {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
         if system == ANALYZE_SYSTEM:
-            return {"bottleneck": "the search repeats itself", "evidence": "repeated configurations",
-                    "ideas": ["coordinate descent", "tabu search"]}
+            return {
+                "bottleneck": "the search repeats itself",
+                "evidence": "repeated configurations",
+                "ideas": ["coordinate descent", "tabu search"],
+            }
         if system == COMPOSE_SYSTEM:
             return compose or {"family": "tabu", "params": [{"name": "radius", "value": "0.1"}], "rationale": "r"}
         if system == GENERATE_SYSTEM:
@@ -117,8 +125,14 @@ def test_a_hostile_mechanism_is_refused_and_the_run_goes_on(tmp_path, monkeypatc
 
 
 def test_compose_mode_injects_a_parametrised_builtin(tmp_path):
-    answer = router(PROPOSALS, compose={"family": "bandit", "params": [{"name": "c", "value": "2.0"}],
-                                        "rationale": "spread effort by measured improvement"})
+    answer = router(
+        PROPOSALS,
+        compose={
+            "family": "bandit",
+            "params": [{"name": "c", "value": "2.0"}],
+            "rationale": "spread effort by measured improvement",
+        },
+    )
     final, ledger = run(tmp_path, answer, level="1+2", iterations=5, segment=3, generate_mode="compose")
     injected = [e for e in ledger.events("inject") if e["injected"]]
     assert injected and injected[0]["origin"] == "composed" and injected[0]["mechanism"].startswith("bandit@")
@@ -144,8 +158,12 @@ def test_level_one_point_five_caps(tmp_path):
 
 
 def test_adjust_sets_settings_the_proposer_then_sees(tmp_path):
-    adjust = {"strategy": "focused", "freeze": ["DEPTH", "HEAD_DIM"], "unfreeze": [],
-              "guidance": "only the learning rates matter now"}
+    adjust = {
+        "strategy": "focused",
+        "freeze": ["DEPTH", "HEAD_DIM"],
+        "unfreeze": [],
+        "guidance": "only the learning rates matter now",
+    }
     final, ledger = run(tmp_path, router(PROPOSALS, adjust=adjust), level="1.5", iterations=5, segment=3)
     event = next(e for e in ledger.events("adjust") if e["applied"])
     assert event["after"]["frozen"] == ["DEPTH", "HEAD_DIM"]

@@ -18,8 +18,11 @@ RUNNER = Path(__file__).resolve().parent / "scripted_run.py"
 
 
 def start(run_dir: Path, iterations: int, delay: float, level: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(RUNNER), str(run_dir), str(iterations), str(delay), level],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(RUNNER), str(run_dir), str(iterations), str(delay), level],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(path: Path, text: str, timeout: float = 60) -> None:
