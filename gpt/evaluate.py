@@ -58,10 +58,10 @@ def evaluate_bpb(
     stream, n = eval_targets(data, eval_tokens)
     windows = math.ceil(n / seq_len)
     rows = math.ceil(windows / batch_size) * batch_size
-    x = np.full((rows * seq_len,), data.bos_id, dtype=np.int64)
-    y = np.full((rows * seq_len,), IGNORE, dtype=np.int64)
-    x[:n], y[:n] = stream[:n], stream[1 : n + 1]
-    x, y = torch.from_numpy(x).view(rows, seq_len), torch.from_numpy(y).view(rows, seq_len)
+    xs = np.full((rows * seq_len,), data.bos_id, dtype=np.int64)
+    ys = np.full((rows * seq_len,), IGNORE, dtype=np.int64)
+    xs[:n], ys[:n] = stream[:n], stream[1 : n + 1]
+    x, y = torch.from_numpy(xs).view(rows, seq_len), torch.from_numpy(ys).view(rows, seq_len)
     nbytes = torch.from_numpy(data.token_bytes.astype(np.int64))
     counted = (y != IGNORE) & (nbytes[y.clamp(min=0)] > 0)
     total_bytes = int(nbytes[y.clamp(min=0)][counted].sum())

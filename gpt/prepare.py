@@ -128,7 +128,7 @@ def corpus_sources(corpus: str) -> list[Source]:
 def _read_texts(source: Source) -> Iterator[tuple[str, str]]:
     """(document name, text) for each document of a file: the file itself, or each row of a parquet file."""
     if source.path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
         table = pq.read_table(source.path, columns=["text"]) if _has_text(source.path) else None
         if table is None:
@@ -144,7 +144,7 @@ def _read_texts(source: Source) -> Iterator[tuple[str, str]]:
 
 
 def _has_text(path: Path) -> bool:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     return "text" in pq.read_schema(path).names
 
@@ -217,6 +217,7 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
 def encode(tok: Tokenizer, texts: list[str]) -> np.ndarray:
     """One stream: BOS before every document, so a document never reads the end of another as context."""
     bos = tok.token_to_id(BOS)
+    assert bos is not None, "the tokenizer is trained with BOS as a special token"
     ids: list[int] = []
     for enc in tok.encode_batch(texts, add_special_tokens=False):
         ids.append(bos)
@@ -342,7 +343,9 @@ class Data:
     def vocab_size(self) -> int:
         return int(self.token_bytes.size)
 
-    def batches(self, batch_size: int, seq_len: int, device: str, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(
+        self, batch_size: int, seq_len: int, device: str, seed: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (inputs, targets) of shape (batch_size, seq_len) from random windows of the train stream."""
         if self.train.size <= seq_len + 1:
             raise PrepareError(f"train split has {self.train.size} tokens, fewer than SEQ_LEN+1 = {seq_len + 1}")

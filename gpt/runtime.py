@@ -353,7 +353,9 @@ def launch(script: str, train: Callable[[Run], Trained], argv: list[str] | None 
         device, dtype = pick_device(args.device, args.dtype)
         torch.manual_seed(args.seed)
         if device == "cpu":
-            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            torch.set_num_threads(
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
         data = prepare.load_data(args.corpus, args.vocab_size)
         peak = matmul_peak_flops(device, dtype)
         run = Run(hp, args, device, dtype, data, BudgetClock(args.budget_s, device))

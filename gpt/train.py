@@ -100,11 +100,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    resid_lambdas: nn.Parameter
+    x0_lambdas: nn.Parameter
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, vocab_size: int, depth: int, dim: int, head_dim: int, seq_len: int, softcap: float) -> None:
         super().__init__()
         self.softcap = softcap
         self.embed = nn.Embedding(vocab_size, dim)
-        self.blocks = nn.ModuleList(Block(dim, head_dim) for _ in range(depth))
+        self.block_list = [Block(dim, head_dim) for _ in range(depth)]  # typed view of the registered modules
+        self.blocks = nn.ModuleList(self.block_list)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         # x <- resid * x + x0 * (normed embedding) before each block: cheap, lets depth use the raw input
         self.resid_lambdas = nn.Parameter(torch.ones(depth))
@@ -120,7 +126,7 @@ class GPT(nn.Module):
         bound = 3**0.5 * dim**-0.5  # uniform with std 1/sqrt(dim)
         nn.init.normal_(self.embed.weight, std=1.0)
         nn.init.normal_(self.head.weight, std=0.001)
-        for block in self.blocks:
+        for block in self.block_list:
             nn.init.uniform_(block.attn.qkv, -bound, bound)
             nn.init.uniform_(block.mlp.up.weight, -bound, bound)
             nn.init.zeros_(block.attn.proj.weight)  # each block starts as the identity
@@ -130,7 +136,7 @@ class GPT(nn.Module):
         T = idx.size(1)
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = x0 = norm(self.embed(idx))
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.block_list):
             x = block(self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0, cos, sin)
         logits = self.head(norm(x)).float()
         if self.softcap > 0:
@@ -165,12 +171,12 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> None:
         by_shape: dict[tuple[int, int], list[nn.Parameter]] = {}
         for p in params:
-            by_shape.setdefault(tuple(p.shape[-2:]), []).append(p)
+            by_shape.setdefault((p.shape[-2], p.shape[-1]), []).append(p)
         groups = [{"params": ps} for ps in by_shape.values()]
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             ps = group["params"]
             rows, cols = ps[0].shape[-2:]
@@ -200,7 +206,8 @@ def make_optimizers(model: GPT) -> list[torch.optim.Optimizer]:
     ]
     if OPTIMIZER == "adamw":
         groups.append({"params": matrices, "lr": MATRIX_LR, "weight_decay": WEIGHT_DECAY})
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=True)]
+    fused = model.embed.weight.device.type in ("cpu", "cuda")  # one kernel for all tensors where torch has one
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=fused)]
     if OPTIMIZER == "muon":
         optimizers.append(Muon(matrices, MATRIX_LR, MUON_MOMENTUM, WEIGHT_DECAY))
     for opt in optimizers:
@@ -225,7 +232,7 @@ COMPILE = True  # inductor fuses the element-wise work (norms, rotary, ReLU^2, s
 
 
 def train_step(
-    model: nn.Module,
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizers: list[torch.optim.Optimizer],
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     accum_steps: int,
@@ -241,7 +248,7 @@ def train_step(
         losses.append(loss.detach())
     for opt in optimizers:
         opt.step()
-    model.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
     return torch.stack(losses).mean().item()
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from graphs.runs import RunConfig, new_run_dir
 
 console = Console()
+FATAL_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, RuntimeError, ValueError)
 SUBCOMMANDS = ("run", "resume", "draw", "report", "mechanisms", "ablation")
 
 
@@ -41,6 +42,15 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
         help="propose hyperparameter changes, or search/replace edits of train.py",
     )
     ap.add_argument("--batch", type=int, default=1, help="proposals per iteration, trained in parallel")
+    ap.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="where trials run: here, or on a Ray cluster"
+    )
+    ap.add_argument(
+        "--ray-address", help="auto (a `ray start` on this machine; default), host:6379 or ray://host:10001"
+    )
+    ap.add_argument(
+        "--parallel", type=int, help="trials in flight at once (default: 1 locally; on Ray, what the cluster admits)"
+    )
     ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
     ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
@@ -76,6 +86,9 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         seed=args.seed,
         mode=args.mode,
         batch=args.batch,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        parallel=args.parallel,
         model=args.model,
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,
@@ -160,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         from graphs.mechanism_store import main_mechanisms
 
         return main_mechanisms(argv)
+    except FATAL_ERRORS as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted: the run folder and its checkpoint are consistent; "

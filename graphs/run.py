@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from functools import partial
@@ -19,7 +22,7 @@ from nodes.ledger import Ledger, write_json_atomic
 from nodes.llm import LLMSettings, open_chat_model
 from nodes.mechanism_loader import builtin_mechanism, builtin_record, load_mechanism
 from nodes.state import MechanismRecord
-from nodes.trainer import Executor
+from nodes.trainer import REPO_ROOT, Executor, LocalExecutor
 
 GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
 LEVEL_NAMES = {
@@ -70,8 +73,10 @@ def execute(
             )
         else:
             description = type(llm).__name__
-        ledger.event("run_start", level=config.level, llm=description, inner_only=inner_only)
-        ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor)
+        ledger.event("run_start", level=config.level, llm=description, inner_only=inner_only, executor=config.executor)
+        ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor or executor_for(config))
+        if executor is None and not is_surrogate(config):  # the real trainer: build the data before the first trial
+            ctx.split_sha256 = prepare_data(config)
         total = config.iterations + 1
         if inner_only:
             graph = build_inner_graph(load_mechanism(start_mechanism(config), run_dir)).compile(checkpointer=saver)
@@ -109,6 +114,40 @@ def execute(
         ledger.event("run_end", llm_budget=ctx.budget.summary(), stop_reason=final.get("stop_reason"))
         write_json_atomic(run_dir / "summary.json", summary(final, ctx.budget.summary(), inner_only))
         return dict(final)
+
+
+class DataError(RuntimeError):
+    """The corpus could not be prepared; the message is the preparer's own."""
+
+
+def prepare_data(config: RunConfig) -> str:
+    """Tokenize the corpus (cached after the first time) and return the split's sha256, the run's reference."""
+    cmd = [sys.executable, "-m", "gpt.prepare", "--corpus", config.corpus]
+    if config.vocab_size is not None:
+        cmd += ["--vocab-size", str(config.vocab_size)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    match = re.search(r"^split_sha256: ([0-9a-f]{64})$", done.stdout, re.M)
+    if done.returncode != 0 or not match:
+        raise DataError(f"preparing corpus {config.corpus!r} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return match.group(1)
+
+
+def is_surrogate(config: RunConfig) -> bool:
+    return config.executor.startswith("surrogate:")
+
+
+def executor_for(config: RunConfig) -> Executor:
+    """The executor that `--executor` names: where the train node's trials run. "surrogate:PATH" serves val_bpb
+    from a model fitted on the real samples at PATH (the ablation's stand-in trainer, labelled as such)."""
+    if is_surrogate(config):
+        from ablation.surrogate import SurrogateExecutor
+
+        return SurrogateExecutor.load(Path(config.executor.split(":", 1)[1]))
+    if config.executor == "ray":
+        from nodes.ray_executor import RayExecutor
+
+        return RayExecutor(config.ray_address or "auto", parallel=config.parallel)
+    return LocalExecutor(parallel=config.parallel or 1)
 
 
 def resolve_generate_mode(config: RunConfig) -> str:

@@ -34,6 +34,9 @@ class RunConfig:
     seed: int = 0
     mode: str = "params"
     batch: int = 1  # proposals per inner iteration, trained in parallel by the executor
+    executor: str = "local"  # "local" (child processes here) | "ray" (a Ray cluster: docs/ray.md) | "surrogate:PATH"
+    ray_address: str | None = None  # for "ray": "auto" (default), "host:6379", "ray://host:10001"
+    parallel: int | None = None  # trials in flight at once; None: 1 locally, as many as the cluster admits on Ray
     model: str | None = None
     base_url: str | None = None
     max_llm_calls: int | None = None

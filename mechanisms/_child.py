@@ -52,6 +52,8 @@ REFUSED_PREFIXES = (
     "os.link",
     "os.symlink",
     "os.truncate",
+    "os.setxattr",
+    "os.removexattr",
     "os.utime",
     "os.chdir",
     "os.listdir",
@@ -94,6 +96,16 @@ FORBIDDEN_BUILTINS = (
     "quit",
 )
 PRELOAD_EXTRA = {"numpy": ("numpy.random", "numpy.linalg")}
+# Functions that reach outside the process without raising an audit event, removed before the mechanism runs: files
+# created anywhere (mkfifo, mknod), signals to other processes (pidfd), the host clock, scheduling priority, and the
+# `_imp` entry points that would build a fresh, unstripped copy of a built-in module (`_imp.create_builtin("posix")`).
+UNAUDITED = {
+    "posix": ("mkfifo", "mknod", "pidfd_open", "nice", "setpriority", "sched_setscheduler", "sched_setparam", "chroot"),
+    "os": ("mkfifo", "mknod", "pidfd_open", "nice", "setpriority", "sched_setscheduler", "sched_setparam", "chroot"),
+    "_signal": ("pidfd_send_signal",),
+    "time": ("clock_settime", "clock_settime_ns"),
+    "_imp": ("create_builtin", "create_dynamic", "exec_builtin", "exec_dynamic", "init_frozen"),
+}
 
 
 class LLMError(RuntimeError):
@@ -114,6 +126,15 @@ def preload(source: str) -> None:
             __import__(name)
             for extra in PRELOAD_EXTRA.get(name.split(".")[0], ()):
                 __import__(extra)
+
+
+def strip_unaudited() -> None:
+    """Remove what the audit hook cannot see (see UNAUDITED) from the modules this process has loaded."""
+    for module, names in UNAUDITED.items():
+        loaded = sys.modules.get(module)
+        for name in names:
+            if loaded is not None and hasattr(loaded, name):
+                delattr(loaded, name)
 
 
 def install_hook(refused: list[str], quiet: list[bool]) -> None:
@@ -209,6 +230,7 @@ def main() -> None:
     except BaseException as exc:
         fail("load", exc)
         return
+    strip_unaudited()
     install_hook(refused, quiet)
     namespace: dict[str, Any] = {"__builtins__": restricted_builtins(refused), "__name__": "mechanism"}
     try:

@@ -24,11 +24,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from mechanisms.space import Param, SearchSpace, SpaceError
+from mechanisms.space import MAX_CHANGES, Param, SearchSpace, SpaceError
 
 TARGETS = ("propose", "decide")
 ORIGINS = ("builtin", "composed", "generated")
+# Composable built-ins: offered to the outer loop's compose mode, held to the generated-code policy and the 1-3 rule.
 BUILTIN_NAMES = ("llm_greedy", "tabu", "bandit", "doe", "annealing", "stagnation")
+# Classical baselines of the ablation: trusted code in process (TPE uses optuna), whole configurations per proposal
+# (their modules declare MAX_CHANGES = None), started with --mechanism, never offered to the outer loop.
+BASELINE_NAMES = ("random_search", "tpe")
+ALL_BUILTIN_NAMES = BUILTIN_NAMES + BASELINE_NAMES
 PROPOSAL_KEYS = frozenset({"changes", "hypothesis", "expected_direction"})
 DECISION_KEYS = frozenset({"keep", "reason"})
 
@@ -114,9 +119,9 @@ class MechanismView:
     def free_names(self) -> tuple[str, ...]:
         return self.space.free_names(self.settings.get("frozen", ()))
 
-    def check_changes(self, changes: Any) -> list[str]:
+    def check_changes(self, changes: Any, max_changes: int | None = MAX_CHANGES) -> list[str]:
         """Errors of ``changes`` against the incumbent and the frozen names; empty when admissible."""
-        return self.space.check_changes(changes, self.incumbent, self.frozen)
+        return self.space.check_changes(changes, self.incumbent, self.frozen, max_changes)
 
 
 def view_payload(
@@ -145,7 +150,7 @@ def view_payload(
     }
 
 
-def check_proposal(proposal: Any, view: MechanismView) -> list[str]:
+def check_proposal(proposal: Any, view: MechanismView, max_changes: int | None = MAX_CHANGES) -> list[str]:
     """Errors of a ``propose`` output: its shape, then its changes against the view's space and incumbent."""
     if not isinstance(proposal, Mapping):
         return [f"a proposal is a mapping, got {type(proposal).__name__}"]
@@ -155,7 +160,7 @@ def check_proposal(proposal: Any, view: MechanismView) -> list[str]:
             errors.append(f"proposal[{key!r}] must be a string")
     if "changes" not in proposal:
         return [*errors, "proposal has no 'changes'"]
-    return errors + view.check_changes(proposal["changes"])
+    return errors + view.check_changes(proposal["changes"], max_changes)
 
 
 def check_decision(decision: Any) -> list[str]:
@@ -253,9 +258,18 @@ class BuiltinInfo:
 
 
 def _builtin_module(name: str) -> Any:
-    if name not in BUILTIN_NAMES:
-        raise MechanismError(f"unknown built-in {name!r}; one of {', '.join(BUILTIN_NAMES)}")
+    if name not in ALL_BUILTIN_NAMES:
+        raise MechanismError(f"unknown built-in {name!r}; one of {', '.join(ALL_BUILTIN_NAMES)}")
     return importlib.import_module(f"mechanisms.{name}")
+
+
+def proposal_cap(name: str, origin: str) -> int | None:
+    """How many parameters one proposal may change: a built-in module's ``MAX_CHANGES`` (None: a whole
+    configuration), the 1-3 rule for everything else (a generated module cannot lift it)."""
+    if origin not in ("builtin", "composed"):
+        return MAX_CHANGES
+    cap = getattr(_builtin_module(name), "MAX_CHANGES", MAX_CHANGES)
+    return None if cap is None else int(cap)
 
 
 def builtin_info(name: str) -> BuiltinInfo:

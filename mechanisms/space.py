@@ -363,15 +363,22 @@ class SearchSpace:
                 errors.append(wrong)
         return errors
 
-    def check_changes(self, changes: Any, incumbent: Mapping[str, Any], frozen: Iterable[str] = ()) -> list[str]:
-        """Errors of a proposal's changes against the incumbent: empty list when the changes are admissible."""
+    def check_changes(
+        self,
+        changes: Any,
+        incumbent: Mapping[str, Any],
+        frozen: Iterable[str] = (),
+        max_changes: int | None = MAX_CHANGES,
+    ) -> list[str]:
+        """Errors of a proposal's changes against the incumbent: empty list when the changes are admissible.
+        ``max_changes`` caps how many parameters one proposal changes (None: no cap, a whole configuration)."""
         if not isinstance(changes, Mapping):
             return [f"changes must be a mapping of parameter name to value, got {type(changes).__name__}"]
         if not changes:
-            return [f"no changes: propose 1 to {MAX_CHANGES} parameter changes"]
+            return [f"no changes: propose 1 to {max_changes or len(self)} parameter changes"]
         errors = []
-        if len(changes) > MAX_CHANGES:
-            errors.append(f"{len(changes)} changes: at most {MAX_CHANGES} per proposal")
+        if max_changes is not None and len(changes) > max_changes:
+            errors.append(f"{len(changes)} changes: at most {max_changes} per proposal")
         extra = set(frozen)
         for name, value in changes.items():
             if name not in self:

@@ -24,7 +24,7 @@ def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:
         strategy=(Literal["explore", "exploit", "focused"], Field(description="how the next segment searches")),
         freeze=(list[name], Field(default_factory=list, max_length=10, description="parameters to stop changing")),
         unfreeze=(list[name], Field(default_factory=list, max_length=10, description="parameters to free again")),
-        guidance=(str, Field(default="", max_length=1000, description="one or two sentences for the proposer")),
+        guidance=(str, Field(default="", description="one or two sentences for the proposer")),
     )
 
 

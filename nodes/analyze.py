@@ -21,8 +21,8 @@ from nodes.structured import LLMBudgetExhausted, ask_structured
 
 
 class Diagnosis(BaseModel):
-    bottleneck: str = Field(description="what holds the search back, in one sentence", max_length=1000)
-    evidence: str = Field(description="figures from the trace that show it", max_length=2000)
+    bottleneck: str = Field(description="what holds the search back, in one sentence")
+    evidence: str = Field(description="figures from the trace that show it")
     ideas: list[str] = Field(description="1 to 4 mechanism ideas from adjacent fields", min_length=1, max_length=4)
 
 

@@ -22,18 +22,17 @@ from nodes.prompts import COMPOSE_SYSTEM, COMPOSE_USER, GENERATE_SYSTEM, GENERAT
 from nodes.state import OuterState
 from nodes.structured import LLMBudgetExhausted, ask_structured
 
-MAX_SOURCE_CHARS = 20_000
 
 
 class Setting(BaseModel):
-    name: str = Field(max_length=64)
-    value: str = Field(max_length=64)
+    name: str
+    value: str
 
 
 class GeneratedMechanism(BaseModel):
-    name: str = Field(description="short identifier, e.g. tabu_ucb", max_length=40)
-    source: str = Field(description="the whole Python module", max_length=MAX_SOURCE_CHARS)
-    rationale: str = Field(description="how it addresses the diagnosis", max_length=2000)
+    name: str = Field(description="short identifier, e.g. tabu_ucb")
+    source: str = Field(description="the whole Python module")
+    rationale: str = Field(description="how it addresses the diagnosis")
 
 
 def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
@@ -41,7 +40,7 @@ def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
         "Composition",
         family=(Literal[families], Field(description="the mechanism family")),  # type: ignore[valid-type]
         params=(list[Setting], Field(default_factory=list, max_length=8, description="parameters of the family")),
-        rationale=(str, Field(default="", max_length=2000, description="why it fits the diagnosis")),
+        rationale=(str, Field(default="", description="why it fits the diagnosis")),
     )
 
 

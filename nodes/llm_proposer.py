@@ -18,16 +18,18 @@ from nodes.state import InnerState
 from nodes.structured import ask_structured
 
 HISTORY_SHOWN = 10
+# No string field of a schema carries maxLength: llama.cpp compiles it into one grammar rule per character and
+# fails on long ones. `ask_structured` refuses oversized fields instead.
 
 
 class Edit(BaseModel):
-    search: str = Field(description="exact text of train.py to replace; must occur once", max_length=4000)
-    replace: str = Field(description="the new text", max_length=4000)
+    search: str = Field(description="exact text of train.py to replace; must occur once")
+    replace: str = Field(description="the new text")
 
 
 class CodeProposal(BaseModel):
     edits: list[Edit] = Field(min_length=1, max_length=3)
-    hypothesis: str = Field(max_length=2000)
+    hypothesis: str
     expected_direction: Literal["lower", "higher"]
 
 
@@ -41,12 +43,12 @@ def proposal_schema(names: list[str]) -> type[BaseModel]:
     change = create_model(
         "Change",
         name=(Literal[tuple(names)], Field(description="parameter to change")),  # type: ignore[valid-type]
-        value=(str, Field(description="its new value, e.g. 0.01, 8, adamw", max_length=64)),
+        value=(str, Field(description="its new value, e.g. 0.01, 8, adamw")),
     )
     return create_model(
         "Proposal",
         changes=(list[change], Field(min_length=1, max_length=3)),  # type: ignore[valid-type]
-        hypothesis=(str, Field(description="why this should lower val_bpb", max_length=2000)),
+        hypothesis=(str, Field(description="why this should lower val_bpb")),
         expected_direction=(Literal["lower", "higher"], Field(description="expected direction of val_bpb")),
     )
 

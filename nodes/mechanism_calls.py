@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mechanisms.base import MechanismView, check_decision, check_proposal, view_payload, view_seed
+from mechanisms.base import MechanismView, check_decision, check_proposal, proposal_cap, view_payload, view_seed
 from nodes.context import InnerContext
 from nodes.llm_proposer import ask_llm
 from nodes.state import InnerState, MechanismRecord
@@ -101,7 +101,8 @@ def run_mechanism(
         output = mechanism.fn(payload, ask)
         view = MechanismView.from_payload(payload, lambda g, c: {})
         is_propose = mechanism.record["target"] == "propose"
-        problems = check_proposal(output, view) if is_propose else check_decision(output)
+        cap = proposal_cap(mechanism.record["name"], mechanism.record.get("origin", "generated"))
+        problems = check_proposal(output, view, cap) if is_propose else check_decision(output)
         if problems:
             error, output = "output refused: " + "; ".join(problems), None
     except LLMFatalError:

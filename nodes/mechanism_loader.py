@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from mechanisms.base import (
-    BUILTIN_NAMES,
+    ALL_BUILTIN_NAMES,
     MechanismError,
     MechanismSpec,
     MechanismView,
     builtin_catalog,
+    builtin_info,
     builtin_source,
     load_builtin,
     resolve_params,
@@ -35,7 +36,7 @@ def builtin_record(name: str, params: dict[str, Any] | None = None) -> Mechanism
 
 
 def load_target(name: str) -> str:
-    return next(e["target"] for e in builtin_catalog() if e["name"] == name)
+    return builtin_info(name).target
 
 
 def builtin_mechanism(name: str, params: dict[str, Any] | None = None) -> Mechanism:
@@ -45,7 +46,7 @@ def builtin_mechanism(name: str, params: dict[str, Any] | None = None) -> Mechan
 def load_mechanism(record: MechanismRecord, run_dir: Path) -> Mechanism:
     """The callable for `record`; refuses a record whose source no longer has the recorded hash."""
     if record["origin"] in ("builtin", "composed"):
-        if record["name"] not in BUILTIN_NAMES:
+        if record["name"] not in ALL_BUILTIN_NAMES:
             raise MechanismError(f"unknown built-in mechanism {record['name']!r}")
         if hashlib.sha256(builtin_source(record["name"]).encode()).hexdigest() != record["sha256"]:
             raise MechanismError(f"the built-in {record['name']} changed since this run recorded it")

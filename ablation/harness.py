@@ -1,0 +1,238 @@
+"""The paired ablation: every group x repeat is one run of `graphs.run.execute`, in its own run folder.
+
+Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random" and "tpe" are the classical baselines, run at
+level 1 with their built-in mechanism as the proposer. All of them go through the same `execute`: the same segments,
+the same baseline experiment, the same keep/discard rule; only the level (or the proposer) differs. Repeat r uses the
+same seed in every group (paired design). The noise floor is measured first.
+
+The ablation folder::
+
+    ablation.json        the manifest: spec, and each run's status (pending/running/done), rewritten atomically
+    base_train.py        the train.py every run and the noise floor start from
+    noise/n00/ ...       the noise floor: the baseline configuration trained with other seeds
+    runs/A-r00/ ...      one run folder per (group, repeat), resumable on its own (`python -m graphs.bilevel resume`)
+    runs/A-r00/confirm/  optional re-trainings of the run's best configuration with other seeds
+    report/              regenerated from all of the above by `ablation report DIR`
+
+A finished run is never run again; an interrupted one is resumed by `execute` from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from graphs.run import GROUPS, execute, executor_for
+from graphs.runs import RunConfig
+from nodes.candidate import rewrite_constants
+from nodes.context import TRAIN_PATH
+from nodes.ledger import write_atomic, write_json_atomic
+from nodes.llm import LLMSettings, open_chat_model
+from nodes.train import read_outcome_file
+from nodes.trainer import Executor, TrainerSettings, Trial
+
+BASELINES = {"random": "random_search", "tpe": "tpe"}
+GROUP_NAMES = (*GROUPS, *BASELINES)
+NOISE_SEED = 10_000  # noise-floor seeds: far from the repeats' seeds
+CONFIRM_SEED = 20_000  # seeds of the re-trainings of a run's best
+MANIFEST = "ablation.json"
+
+LLMFor = Callable[[RunConfig], BaseChatModel]
+
+
+@dataclass
+class AblationSpec:
+    """What defines an ablation; saved in the manifest, read back by `ablation resume`."""
+
+    groups: list[str]
+    repeats: int
+    iterations: int = 30
+    budget_s: float = 20.0
+    segment: int = 5
+    seed: int = 0  # repeat r runs with seed + r in every group
+    executor: str = "local"  # "local" | "surrogate:PATH"
+    noise_repeats: int = 5
+    confirm: int = 0  # re-trainings of each run's best configuration with other seeds
+    device: str = "cpu"
+    corpus: str = "shakespeare"
+    model: str | None = None
+    base_url: str | None = None
+    max_llm_calls: int | None = None
+    generate_mode: str = "auto"
+    kill_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.groups if g not in GROUP_NAMES]
+        if unknown or not self.groups:
+            raise ValueError(f"unknown groups {unknown}; choose from {', '.join(GROUP_NAMES)}")
+        if self.repeats < 1 or self.iterations < 1:
+            raise ValueError("repeats and iterations must be at least 1")
+
+    def run_config(self, run_dir: Path, group: str, repeat: int) -> RunConfig:
+        return RunConfig(
+            run_dir=str(run_dir),
+            level=GROUPS.get(group, "1"),
+            iterations=self.iterations,
+            segment=self.segment,
+            budget_s=self.budget_s,
+            device=self.device,
+            corpus=self.corpus,
+            seed=self.seed + repeat,
+            model=self.model,
+            base_url=self.base_url,
+            max_llm_calls=self.max_llm_calls,
+            mechanism=BASELINES.get(group),
+            generate_mode=self.generate_mode,
+            kill_after_s=self.kill_after_s,
+            executor=self.executor,
+        )
+
+    def trainer(self, seed: int) -> TrainerSettings:
+        return dataclasses.replace(self.run_config(Path("."), "A", 0).trainer(), seed=seed)
+
+
+def run_id(group: str, repeat: int) -> str:
+    return f"{group}-r{repeat:02d}"
+
+
+@dataclass
+class Ablation:
+    """An ablation folder: its spec and manifest, and the steps that fill it."""
+
+    root: Path
+    spec: AblationSpec
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: Path, spec: AblationSpec | None = None) -> Ablation:
+        """A new ablation folder for ``spec``, or an existing one (``spec`` None or equal to the recorded one)."""
+        root = Path(root).resolve()  # the trainer runs in the trial's folder: its paths must not be relative
+        path = root / MANIFEST
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            recorded = AblationSpec(**manifest["spec"])
+            if spec is not None and spec != recorded:
+                raise ValueError(f"{root} holds another ablation ({manifest['spec']}); resume it or use another --out")
+            return cls(root, recorded, manifest)
+        if spec is None:
+            raise FileNotFoundError(f"{root} is not an ablation folder (no {MANIFEST})")
+        ablation = cls(root, spec, {"spec": dataclasses.asdict(spec), "created": time.time(), "runs": {}})
+        ablation.manifest["host"] = {"machine": platform.machine(), "processor": platform.processor(),
+                                     "system": platform.platform(), "python": platform.python_version()}  # fmt: skip
+        ablation.save()
+        return ablation
+
+    def save(self) -> None:
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def plan(self) -> list[tuple[str, int]]:
+        """Repeat-major order, so an ablation stopped early still holds complete pairs."""
+        return [(group, repeat) for repeat in range(self.spec.repeats) for group in self.spec.groups]
+
+    def base_source(self) -> str:
+        path = self.root / "base_train.py"
+        if not path.exists():
+            write_atomic(path, TRAIN_PATH.read_text())
+        return path.read_text()
+
+    def status(self, rid: str) -> str:
+        return self.manifest["runs"].get(rid, {}).get("status", "pending")
+
+    def mark(self, rid: str, **fields: Any) -> None:
+        self.manifest["runs"][rid] = {**self.manifest["runs"].get(rid, {}), **fields}
+        self.save()
+
+    def executor(self, override: Executor | None) -> Executor:
+        return override or executor_for(self.spec.run_config(self.root, "A", 0))
+
+    # ---- steps ----
+
+    def train_once(self, folder: Path, trial_id: str, params: dict[str, Any], seed: int, executor: Executor) -> None:
+        """Train ``params`` once with ``seed`` into ``folder``/outcome.json, unless it is there already."""
+        if read_outcome_file(folder / "outcome.json") is not None:
+            return
+        write_atomic(folder / "train.py", rewrite_constants(self.base_source(), params))
+        outcome = executor.run(Trial(trial_id, folder), self.spec.trainer(seed))
+        write_json_atomic(folder / "outcome.json", {**outcome, "seed": seed, "params": params})
+
+    def noise_floor(self, executor: Executor, log: Callable[[str], None]) -> None:
+        from mechanisms.space import SearchSpace
+
+        defaults = SearchSpace.from_train_source(self.base_source()).defaults()
+        for k in range(self.spec.noise_repeats):
+            folder = self.root / "noise" / f"n{k:02d}"
+            if not (folder / "outcome.json").exists():
+                log(f"noise floor: baseline configuration, seed {NOISE_SEED + k}")
+            self.train_once(folder, f"noise-{k:02d}", defaults, NOISE_SEED + k, executor)
+
+    def confirm(self, run_dir: Path, executor: Executor) -> None:
+        """Re-train the run's best configuration with other seeds (what the report's confirmed delta uses)."""
+        summary = json.loads((run_dir / "summary.json").read_text())
+        best_id = summary.get("best_id")
+        if not best_id or self.spec.confirm < 1:
+            return
+        params = json.loads((run_dir / "experiments" / best_id / "proposal.json").read_text())["params"]
+        for j in range(self.spec.confirm):
+            self.train_once(run_dir / "confirm" / f"c{j:02d}", f"confirm-{j:02d}", params, CONFIRM_SEED + j, executor)
+
+    def run(
+        self,
+        *,
+        llm_for: LLMFor | None = None,
+        executor: Executor | None = None,
+        stop_after_s: float | None = None,
+        log: Callable[[str], None] = print,
+    ) -> bool:
+        """Run every pending or interrupted run; True when the whole ablation is done."""
+        deadline = time.time() + stop_after_s if stop_after_s else None
+        trainer = self.executor(executor)
+        self.noise_floor(trainer, log)
+        todo = [(g, r) for g, r in self.plan() if self.status(run_id(g, r)) != "done"]
+        if not todo:
+            return True
+        with self.llms(llm_for) as chat_for:
+            for done, (group, repeat) in enumerate(todo):
+                if deadline is not None and time.time() >= deadline:
+                    log(f"time limit: {len(todo) - done} runs left; resume with `ablation resume {self.root}`")
+                    return False
+                rid = run_id(group, repeat)
+                run_dir = self.root / "runs" / rid
+                config = (RunConfig.load(run_dir) if (run_dir / "run.json").exists()
+                          else self.spec.run_config(run_dir, group, repeat))  # fmt: skip
+                log(f"{rid}: level {config.level}{' + ' + config.mechanism if config.mechanism else ''}, "
+                    f"seed {config.seed} ({self.status(rid)})")  # fmt: skip
+                self.mark(rid, group=group, repeat=repeat, seed=config.seed, status="running",
+                          started=self.manifest["runs"].get(rid, {}).get("started") or time.time())  # fmt: skip
+                execute(config, llm=chat_for(config), executor=executor)
+                self.confirm(run_dir, trainer)
+                self.mark(rid, status="done", finished=time.time())
+        return True
+
+    @contextmanager
+    def llms(self, llm_for: LLMFor | None) -> Iterator[LLMFor]:
+        """Per-run chat models: ``llm_for`` when given; else one model for the whole ablation (the embedded server
+        starts once), copied per run with the run's seed so repeats sample differently."""
+        if llm_for is not None:
+            yield llm_for
+            return
+        settings = LLMSettings.resolve(model=self.spec.model, base_url=self.spec.base_url)
+        with open_chat_model(settings, server_log=self.root / "llm_server.log") as (llm, description):
+            self.manifest["llm"] = description
+            self.save()
+            yield lambda config: with_seed(llm, config.seed)
+
+
+def with_seed(llm: BaseChatModel, seed: int) -> BaseChatModel:
+    """The same chat model (same endpoint, same settings) sampling with ``seed``."""
+    if "seed" in type(llm).model_fields:
+        return llm.model_copy(update={"seed": seed})
+    return llm

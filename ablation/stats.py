@@ -1,0 +1,120 @@
+"""The statistics of the ablation: summaries, bootstrap confidence intervals, paired tests, effect sizes.
+
+Everything takes plain sequences of floats and a seed, so a figure of the report can be recomputed by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+EXACT_PERMUTATION_MAX_N = 16  # up to 2**16 sign patterns are enumerated; above, a seeded Monte Carlo sample
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0.0 for a single value)."""
+    values = np.asarray(xs, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def bootstrap_ci(
+    xs: Sequence[float], confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    values = np.asarray(xs, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    if values.size == 1:
+        return float(values[0]), float(values[0])
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def permutation_p(diffs: Sequence[float], n_perm: int = 100_000, seed: int = 0) -> float:
+    """Two-sided paired (sign-flip) permutation test of mean difference 0: exact for up to 16 pairs."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return math.nan
+    observed = abs(d.mean())
+    if d.size <= EXACT_PERMUTATION_MAX_N:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+    else:
+        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(n_perm, d.size))
+    means = np.abs((signs * d).mean(axis=1))
+    return float(np.mean(means >= observed - 1e-12))
+
+
+def wilcoxon_p(diffs: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value (scipy; zero differences dropped); NaN when every difference is 0."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0 or not np.any(d != 0):
+        return math.nan
+    return float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def cohens_dz(diffs: Sequence[float]) -> float:
+    """Paired effect size: the mean difference over the standard deviation of the differences."""
+    mean, sd = mean_sd(diffs)
+    if math.isnan(sd) or sd == 0:
+        return math.nan if mean == 0 or math.isnan(mean) else math.copysign(math.inf, mean)
+    return mean / sd
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise(xs: Sequence[float], seed: int = 0) -> GroupSummary:
+    mean, sd = mean_sd(xs)
+    low, high = bootstrap_ci(xs, seed=seed)
+    return GroupSummary(len(xs), mean, sd, low, high)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    n: int  # pairs (repeats both groups finished)
+    mean_diff: float  # group minus reference: negative is better (lower val_bpb)
+    ci_low: float
+    ci_high: float
+    wilcoxon_p: float
+    permutation_p: float
+    cohens_dz: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired_comparison(group: Sequence[float], reference: Sequence[float], seed: int = 0) -> PairedComparison:
+    """The group against the reference on the same repeats (same seeds): differences, CI, tests, effect size."""
+    if len(group) != len(reference):
+        raise ValueError(f"paired samples differ in length: {len(group)} and {len(reference)}")
+    diffs = [a - b for a, b in zip(group, reference, strict=True)]
+    low, high = bootstrap_ci(diffs, seed=seed)
+    return PairedComparison(
+        n=len(diffs),
+        mean_diff=mean_sd(diffs)[0],
+        ci_low=low,
+        ci_high=high,
+        wilcoxon_p=wilcoxon_p(diffs),
+        permutation_p=permutation_p(diffs, seed=seed),
+        cohens_dz=cohens_dz(diffs),
+    )

@@ -1,0 +1,277 @@
+"""A surrogate trainer for studying search at scale: val_bpb served in milliseconds from a model fitted on real samples.
+
+The model is fitted, deterministically, from the samples CSV every time it is loaded (no pickled model to go stale):
+
+- val_bpb: a Gaussian process on log(val_bpb) over the unit cube of the free parameters (ARD Matern 5/2 plus a
+  WhiteKernel); a served value is the posterior mean plus seeded Gaussian noise of the measured size — the standard
+  deviation of the replicates (the default configuration trained with different seeds) when there are three or
+  more, else the GP's own noise level;
+- crashes: a random-forest classifier learnt from the crashed samples; a configuration it gives a crash probability
+  above one half crashes, as the real trainer did there;
+- the other result fields (steps, memory, training seconds) are those of the nearest successful sample.
+
+`SurrogateExecutor` has the real trainer's interface (an `Executor`): it reads the candidate's constants from
+`trial.folder/"train.py"`, and its result carries the locked evaluator's hash, the samples' split hash and
+`"surrogate": True`. A run that uses it says so in run.json (`executor: "surrogate:PATH"`) and in every result.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from sklearn.metrics import r2_score
+from sklearn.model_selection import KFold
+
+from ablation.sampling import read_samples, unit_features
+from mechanisms.space import SearchSpace
+from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
+from nodes.evaluate import BUDGET_SLACK
+from nodes.trainer import TrainerSettings, Trial
+
+MIN_REPLICATES = 3
+CRASH_THRESHOLD = 0.5
+FOLDS = 5
+
+
+def sample_status(row: dict[str, Any]) -> str:
+    """"ok" or "crash", by the rule the evaluate node applies (a result over the budget is refused)."""
+    bpb, seconds = row.get("val_bpb"), row.get("training_seconds")
+    if row.get("error") or not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
+        return "crash"
+    if not isinstance(seconds, int | float) or seconds > row["budget_s"] * BUDGET_SLACK + 1:
+        return "crash"
+    return "ok"
+
+
+@dataclass(frozen=True)
+class LogBpbGP:
+    """A GP on centred log(val_bpb): its WhiteKernel's noise level is a variance of log(val_bpb) itself."""
+
+    gp: GaussianProcessRegressor
+    offset: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray, bpb: np.ndarray) -> LogBpbGP:
+        y = np.log(bpb)
+        kernel = ConstantKernel(0.1, (1e-5, 1e2)) * Matern(np.full(x.shape[1], 0.5), (1e-2, 1e3), nu=2.5)
+        kernel += WhiteKernel(1e-3, (1e-7, 1.0))
+        gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=2, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(x, y - y.mean())
+        return cls(gp, float(y.mean()))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Posterior mean of val_bpb (the exponential of the log-space mean)."""
+        return np.exp(self.gp.predict(x) + self.offset)
+
+    @property
+    def noise_log_sd(self) -> float:
+        return float(math.sqrt(self.gp.kernel_.k2.noise_level))
+
+
+def _fit_classifier(x: np.ndarray, crashed: np.ndarray) -> RandomForestClassifier | None:
+    if crashed.all() or not crashed.any():
+        return None
+    return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=0).fit(x, crashed)
+
+
+@dataclass
+class SurrogateModel:
+    """The fitted surrogate of one samples CSV."""
+
+    space: SearchSpace
+    rows: list[dict[str, Any]]
+    budget_s: float
+    split_sha256: str
+    regressor: LogBpbGP
+    classifier: RandomForestClassifier | None
+    noise_log_sd: float  # served noise, as a standard deviation of log(val_bpb)
+    noise_source: str  # "replicates" or "gp"
+    digest: str  # sha256 of the CSV the model was fitted on
+    ok_x: np.ndarray = field(repr=False)
+    ok_rows: list[dict[str, Any]] = field(repr=False)
+
+    @classmethod
+    def fit(cls, rows: list[dict[str, Any]], space: SearchSpace, digest: str = "") -> SurrogateModel:
+        if not rows:
+            raise ValueError("no samples to fit a surrogate on")
+        budgets = {row["budget_s"] for row in rows}
+        if len(budgets) != 1:
+            raise ValueError(f"samples of several budgets: {sorted(budgets)}")
+        ok_rows = [row for row in rows if sample_status(row) == "ok"]
+        if len(ok_rows) < 3:
+            raise ValueError(f"only {len(ok_rows)} successful samples: not enough to fit")
+        splits = {row["split_sha256"] for row in ok_rows}
+        if len(splits) != 1:
+            raise ValueError("the successful samples were measured on different data splits")
+        x_all = np.array([unit_features(space, row) for row in rows])
+        crashed = np.array([sample_status(row) == "crash" for row in rows])
+        ok_x = x_all[~crashed]
+        regressor = LogBpbGP.fit(ok_x, np.array([row["val_bpb"] for row in ok_rows]))
+        noise_log_sd, source = regressor.noise_log_sd, "gp"
+        replicates = [math.log(row["val_bpb"]) for row in ok_rows if row.get("design") == "replicate"]
+        if len(replicates) >= MIN_REPLICATES:
+            noise_log_sd, source = float(np.std(replicates, ddof=1)), "replicates"
+        return cls(
+            space=space,
+            rows=rows,
+            budget_s=float(budgets.pop()),
+            split_sha256=str(splits.pop()),
+            regressor=regressor,
+            classifier=_fit_classifier(x_all, crashed),
+            noise_log_sd=noise_log_sd,
+            noise_source=source,
+            digest=digest,
+            ok_x=ok_x,
+            ok_rows=ok_rows,
+        )
+
+    def crash_probability(self, params: dict[str, Any]) -> float:
+        if self.classifier is None:  # no sample crashed
+            return 0.0
+        x = unit_features(self.space, params)[None, :]
+        return float(self.classifier.predict_proba(x)[0][list(self.classifier.classes_).index(True)])
+
+    def mean_bpb(self, params: dict[str, Any]) -> float:
+        return float(self.regressor.predict(unit_features(self.space, params)[None, :])[0])
+
+    def nearest(self, params: dict[str, Any]) -> dict[str, Any]:
+        distances = np.abs(self.ok_x - unit_features(self.space, params)).max(axis=1)
+        return self.ok_rows[int(np.argmin(distances))]
+
+    def serve(self, params: dict[str, Any], noise_seed: int) -> dict[str, Any]:
+        """One training outcome: a crash where the crash model says so, else the posterior mean with noise."""
+        p_crash = self.crash_probability(params)
+        if p_crash > CRASH_THRESHOLD:
+            return {"ok": False, "returncode": 1, "surrogate": True,
+                    "error": f"surrogate: crash predicted (p={p_crash:.2f}) from the crashed samples"}  # fmt: skip
+        mean = self.mean_bpb(params)
+        draw = float(np.random.default_rng(noise_seed).normal(0.0, self.noise_log_sd))
+        near = self.nearest(params)
+        result = {
+            "val_bpb": mean * math.exp(draw),
+            "training_seconds": min(float(near["training_seconds"]), self.budget_s),
+            "num_steps": near.get("num_steps"),
+            "peak_memory_mb": near.get("peak_memory_mb"),
+            "evaluator_sha256": file_sha256(EVALUATOR_PATH),
+            "split_sha256": self.split_sha256,
+            "surrogate": True,
+            "surrogate_samples_sha256": self.digest,
+            "surrogate_mean_bpb": mean,
+            "surrogate_noise_log_sd": self.noise_log_sd,
+            "crash_probability": p_crash,
+            "budget_s": self.budget_s,
+        }
+        return {"ok": True, "returncode": 0, "result": result}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, digest: str) -> SurrogateModel:
+    space = SearchSpace.from_train_source(TRAIN_PATH.read_text())
+    return SurrogateModel.fit(read_samples(Path(path)), space, digest)
+
+
+def load_model(path: Path) -> SurrogateModel:
+    """The surrogate of the samples at ``path`` (fitted once per process and file content)."""
+    return _load(str(Path(path).resolve()), file_digest(path))
+
+
+def noise_seed(settings: TrainerSettings, experiment_id: str, params: dict[str, Any]) -> int:
+    """The noise draw of one trial: a function of the run's seed, the experiment and its configuration, so the
+    paired groups of an ablation (same seeds) see the same draw for the same experiment, and a resume too."""
+    key = json.dumps([settings.seed, experiment_id, params], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+class SurrogateExecutor:
+    """An `Executor` that serves val_bpb from a fitted surrogate instead of training."""
+
+    def __init__(self, model: SurrogateModel, label: str) -> None:
+        self.model = model
+        self.label = label
+
+    @classmethod
+    def load(cls, path: Path) -> SurrogateExecutor:
+        return cls(load_model(path), f"surrogate:{path}")
+
+    def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
+        if not math.isclose(settings.budget_s, self.model.budget_s):
+            raise ValueError(f"{self.label} models a {self.model.budget_s:g} s budget, not {settings.budget_s:g} s")
+        start = time.monotonic()
+        params = SearchSpace.from_train_source((trial.folder / "train.py").read_text()).defaults()
+        outcome = self.model.serve(params, noise_seed(settings, trial.experiment_id, params))
+        outcome["wall_seconds"] = round(time.monotonic() - start, 4)
+        if outcome["ok"]:
+            outcome["result"]["surrogate_label"] = self.label
+        return outcome
+
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
+        return [self.run(trial, settings) for trial in trials]
+
+
+def fit_quality(model: SurrogateModel, folds: int = FOLDS) -> dict[str, Any]:
+    """Held-out quality by K-fold cross-validation: R^2 and RMSE of val_bpb, against the noise; crash accuracy."""
+    rows = model.ok_rows
+    x, y = model.ok_x, np.array([row["val_bpb"] for row in rows])
+    predicted = np.zeros_like(y)
+    for train, test in KFold(min(folds, len(y)), shuffle=True, random_state=0).split(x):
+        predicted[test] = LogBpbGP.fit(x[train], y[train]).predict(x[test])
+    replicates = [row["val_bpb"] for row in rows if row.get("design") == "replicate"]
+    baseline = float(np.mean(replicates)) if replicates else model.mean_bpb(model.space.defaults())
+    rmse = float(np.sqrt(np.mean((predicted - y) ** 2)))
+    noise_bpb = baseline * model.noise_log_sd
+    all_x = np.array([unit_features(model.space, row) for row in model.rows])
+    crashed = np.array([sample_status(row) == "crash" for row in model.rows])
+    return {
+        "samples": len(model.rows),
+        "successful": len(rows),
+        "crashed": int(crashed.sum()),
+        "budget_s": model.budget_s,
+        "cv_folds": min(folds, len(y)),
+        "cv_r2": float(r2_score(y, predicted)),
+        "cv_r2_log": float(r2_score(np.log(y), np.log(predicted))),
+        "cv_rmse_bpb": rmse,
+        "cv_mae_bpb": float(np.mean(np.abs(predicted - y))),
+        "noise_source": model.noise_source,
+        "noise_sd_bpb_at_baseline": noise_bpb,
+        "replicate_sd_bpb": float(np.std(replicates, ddof=1)) if len(replicates) > 1 else None,
+        "gp_noise_sd_bpb_at_baseline": baseline * model.regressor.noise_log_sd,
+        "rmse_over_noise": rmse / noise_bpb if noise_bpb > 0 else None,
+        "crash_cv_accuracy": crash_accuracy(all_x, crashed, folds),
+        "crash_base_rate": float(crashed.mean()),
+        "kernel": str(model.regressor.gp.kernel_),
+        "samples_sha256": model.digest,
+        "evaluator_sha256_of_samples": sorted({r["evaluator_sha256"] for r in rows if r.get("evaluator_sha256")}),
+        "evaluator_sha256_now": file_sha256(EVALUATOR_PATH),
+        "cv_predictions": [[float(a), float(b)] for a, b in zip(y, predicted, strict=True)],
+    }
+
+
+def crash_accuracy(x: np.ndarray, crashed: np.ndarray, folds: int) -> float | None:
+    """Cross-validated accuracy of the crash rule (None when all samples agree: nothing to learn)."""
+    if crashed.all() or not crashed.any():
+        return None
+    hits = 0
+    for train, test in KFold(min(folds, len(crashed)), shuffle=True, random_state=0).split(x):
+        model = _fit_classifier(x[train], crashed[train])
+        guess = np.full(len(test), bool(crashed[train].mean() > 0.5)) if model is None else model.predict(x[test])
+        hits += int(np.sum(guess == crashed[test]))
+    return hits / len(crashed)
