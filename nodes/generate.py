@@ -23,7 +23,6 @@ from nodes.state import OuterState
 from nodes.structured import LLMBudgetExhausted, ask_structured
 
 
-
 class Setting(BaseModel):
     name: str
     value: str
