@@ -40,6 +40,34 @@ def mechanism_activity(ledger: Ledger) -> dict[str, dict[str, Any]]:
     return {k: {**v, "iterations": sorted(i for i in v["iterations"] if i is not None)} for k, v in stats.items()}
 
 
+REJECTION_KINDS = (("no-op", "no-op"), ("outside", "out of range"), ("frozen", "frozen"),
+                   ("did not call the tool", "no tool call"), ("did not validate", "wrong schema"),
+                   ("could not be read", "unreadable arguments"), ("endpoint error", "endpoint error"))
+
+
+def proposal_stats(ledger: Ledger) -> dict[str, Any]:
+    """How the Level-1 proposals came about: valid at once, repaired after a re-ask, or a recorded fallback;
+    why answers were rejected; and the LLM time per proposal."""
+    by_iteration: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for e in ledger.events("llm_call"):
+        if e.get("level") == "L1":
+            by_iteration[e.get("iteration", -1)].append(e)
+    outcome: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    latency = []
+    for calls in by_iteration.values():
+        latency.append(sum(c.get("latency_s") or 0.0 for c in calls))
+        first_ok = next((i for i, c in enumerate(calls) if c.get("ok")), None)
+        outcome["valid at once" if first_ok == 0 else "repaired" if first_ok is not None else "fallback"] += 1
+        for c in calls:
+            if not c.get("ok"):
+                error = c.get("error") or ""
+                reasons[next((label for key, label in REJECTION_KINDS if key in error), "other")] += 1
+    latency.sort()
+    return {"proposals": len(by_iteration), "outcome": dict(outcome), "rejections": dict(reasons),
+            "median_llm_s": latency[len(latency) // 2] if latency else None}
+
+
 def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
     """autoresearch's progress chart: every experiment's val_bpb, the kept ones, and the running best."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -131,6 +159,14 @@ def write_report(run_dir: Path) -> Path:
             f"{e.get('evidence') or e.get('reason')}"
             for e in decisions
         ]
+    stats = proposal_stats(ledger)
+    if stats["proposals"]:
+        lines += ["", "## Level-1 proposals", "",
+                  f"- proposals that asked the LLM: {stats['proposals']}; median LLM time per proposal: "
+                  f"{stats['median_llm_s']:.1f} s",
+                  "- " + ", ".join(f"{k}: {v}" for k, v in stats["outcome"].items()),
+                  "- rejected answers by reason: " + (", ".join(f"{k} {v}" for k, v in stats["rejections"].items())
+                                                      or "none")]
     lines += ["", "## LLM use by level", "", "| level | calls | tokens |", "|---|---|---|"]
     for level in sorted({k[0] for k in llm}):
         lines.append(f"| {level} | {llm[(level, 'calls')]} | {llm[(level, 'tokens')]} |")

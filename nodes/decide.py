@@ -141,5 +141,7 @@ def _progress_line(ctx: InnerContext, record: dict[str, Any], best: float | None
     best_text = f"{best:.6f}" if best is not None else "—"
     ctx.console.print(
         f"[bold]{record['id']}[/] [{colour}]{record['status']:<7}[/] val_bpb {bpb}  best {best_text}  "
-        f"{record['mechanism']:<18} {record['description'][:70]}"
+        f"{record['mechanism']:<20} {record['description'][:70]}",
+        soft_wrap=True,
+        highlight=False,
     )

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -200,32 +200,45 @@ _LIVE: weakref.WeakSet[LocalModelServer] = weakref.WeakSet()
 _HOOKS_LOCK = threading.Lock()
 _HOOKED_SIGNALS: set[int] = set()
 _ATEXIT_REGISTERED = False
-# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so every server is spawned from one
-# long-lived thread rather than from whichever (possibly short-lived) worker thread asked for it.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-server-spawner")
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so every tied child (servers, trainers) is
+# spawned from one long-lived thread rather than from whichever (possibly short-lived) worker thread asked for it.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tied-child-spawner")
+# Resolved here, not in the forked child: dlopen between fork and exec can deadlock in a multi-threaded parent.
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    return _SPAWNER.submit(_popen, command, log_path).result()
-
-
-def _popen(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: we signal the group, a terminal's Ctrl-C does not
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None,
-        )
+        return spawn_tied(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def spawn_tied(
+    command: list[str], *, preexec: Callable[[], None] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`Popen` in its own session (we signal the group; a terminal's Ctrl-C does not reach it), spawned from one
+    long-lived thread and, on Linux, killed by the kernel when this process dies, even by kill -9. `preexec` runs in
+    the child before exec (resource limits)."""
+    return _SPAWNER.submit(_popen_tied, command, preexec, popen).result()
+
+
+def _popen_tied(
+    command: list[str], preexec: Callable[[], None] | None, popen: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    setup = functools.partial(_child_setup, os.getpid(), preexec)
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=setup, **popen)
+
+
+def _child_setup(parent_pid: int, preexec: Callable[[], None] | None) -> None:
+    if sys.platform == "linux":
+        _die_with_parent(parent_pid)
+    if preexec is not None:
+        preexec()
 
 
 def _die_with_parent(parent_pid: int) -> None:
     """In the child before exec: ask the kernel for SIGKILL when the parent dies (the setting survives exec)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 

@@ -2,23 +2,37 @@
 
 The executor is what the `train` node hands a trial to. `LocalExecutor` runs it on this machine; another executor
 (Ray) only has to implement `run(trial) -> dict` with the same result shape.
+
+A code-mode train.py is LLM-written code, so the child gets the parent's environment without its secrets (API keys,
+tokens, passwords), an optional address-space limit, its own process group (a timeout, an error or Ctrl-C in the
+parent kills the whole group) and, on Linux, death with the parent even after a kill -9.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nodes.local_server import spawn_tied
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_MEANINGS = {2: "invalid configuration", 3: "diverged (NaN or exploding loss)"}
+# Environment variables the training child never sees: whatever names a key, token, secret, password or credential.
+SECRET_ENV = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)($|_)", re.IGNORECASE)
+OOM_MARKERS = ("MemoryError", "can't allocate memory", "out of memory", "OutOfMemoryError")
+MAX_RESULT_BYTES = 1 << 20  # a result file larger than this is not a trainer's summary
+LOG_TAIL_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,21 @@ class TrainerSettings:
     eval_tokens: int | None = None
     seed: int = 0
     kill_after_s: float | None = None  # hard timeout; default: 2 x budget + 120 s for start-up and evaluation
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # passed as given, secrets included
+    # RLIMIT_AS of the training process (None: no limit). CPU runs only: CUDA reserves far more address space than
+    # it uses, so on a GPU bound memory with the device's own limits instead.
+    memory_limit_bytes: int | None = None
 
     @property
     def timeout_s(self) -> float:
         return self.kill_after_s if self.kill_after_s is not None else 2 * self.budget_s + 120
+
+    def limits(self) -> Callable[[], None] | None:
+        """What the child applies to itself before exec (None when there is nothing to apply)."""
+        limit = self.memory_limit_bytes
+        if limit is None:
+            return None
+        return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     def command(self, train_py: Path, result_json: Path) -> list[str]:
         cmd = [
@@ -135,13 +159,28 @@ def read_outcome(
             "error": f"killed after the {timeout_s:.0f} s timeout",
             "log_tail": log_tail(log),
         }
+    tail = log_tail(log)
     if code != 0:
         meaning = EXIT_MEANINGS.get(code, "crashed")
         if code < 0:
-            meaning = f"killed by signal {signal.Signals(-code).name}"
-        return {**outcome, "ok": False, "error": f"exit {code}: {meaning}", "log_tail": log_tail(log)}
+            meaning = f"killed by signal {_signal_name(-code)}"
+        if code == 1 and any(marker in tail for marker in OOM_MARKERS):
+            meaning = "out of memory"
+        return {**outcome, "ok": False, "error": f"exit {code}: {meaning}", "log_tail": tail}
     try:
+        size = result_json.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            raise ValueError(f"{size} bytes, more than {MAX_RESULT_BYTES}")
         result = json.loads(result_json.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return {**outcome, "ok": False, "error": f"result file missing or unreadable: {e}", "log_tail": log_tail(log)}
+        if not isinstance(result, dict):
+            raise ValueError(f"a JSON {type(result).__name__}, not an object")
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        return {**outcome, "ok": False, "error": f"result file missing or unreadable: {e}", "log_tail": tail}
     return {**outcome, "ok": True, "result": result}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

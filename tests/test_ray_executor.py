@@ -202,7 +202,7 @@ def test_batch_runs_in_parallel_and_comes_back_in_trial_order(cluster, tmp_path)
     from nodes.ray_executor import RayExecutor
 
     attempts = tmp_path / "attempts.txt"
-    sources = [fake_train(DEPTH=8), fake_train(DEPTH=2), fake_train(WEIGHT_DECAY=0.45), fake_train(DEPTH=3)]
+    sources = [fake_train(DEPTH=16), fake_train(DEPTH=2), fake_train(WEIGHT_DECAY=0.45), fake_train(DEPTH=3)]
     trials = make_trials(tmp_path / "experiments", sources)
     (trials[0].folder / "result.json").write_text('{"val_bpb": 0.1}')  # a stale result: must not be read
     settings = TrainerSettings(budget_s=5.0, extra_env={"FAKE_ATTEMPTS": str(attempts), "FAKE_SLEEP_S": "1.0"})
@@ -220,7 +220,7 @@ def test_batch_runs_in_parallel_and_comes_back_in_trial_order(cluster, tmp_path)
             assert json.loads((trial.folder / "result.json").read_text()) == outcome["result"]
         else:
             assert not (trial.folder / "result.json").exists()
-    # e0000 (sleeps 2 s) ran beside the short ones and finished last, yet its outcome is first
+    # e0000 (sleeps 4 s) ran beside the short ones and finished last, yet its outcome is first
     starts = {e: t for _, _, e, t in attempts_of(attempts)}
     assert sorted(starts) == ["e0000", "e0001", "e0002", "e0003"]
     assert starts["e0001"] < outcomes[0]["result"]["finished"]

@@ -1,0 +1,156 @@
+"""`ablation report DIR`: the ablation's report regenerated from its folder alone (manifest, noise floor, run
+folders, surrogate_fit.json): report/report.md, report/figures.json and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ablation.collect import collect
+from ablation.figures import LEVELS, REFERENCE, analyse
+from ablation.plots import plot_deltas, plot_mechanisms, plot_progress, plot_running_best, plot_surrogate_fit
+from nodes.ledger import write_atomic, write_json_atomic
+
+SURROGATE_FIT = "surrogate_fit.json"
+
+
+def f(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pm(summary: dict[str, Any] | None) -> str:
+    if not summary or not summary["n"]:
+        return "—"
+    return f"{summary['mean']:+.4f} ± {f(summary['sd'])} [{summary['ci_low']:+.4f}, {summary['ci_high']:+.4f}]"
+
+
+def setup_lines(data: dict[str, Any], fit: dict[str, Any] | None) -> list[str]:
+    spec, manifest = data["spec"], data["manifest"]
+    trainer = spec["executor"]
+    if trainer.startswith("surrogate:"):
+        trainer = f"**SURROGATE** ({trainer}): val_bpb served by a model fitted on real samples, not trained"
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(manifest.get("created", 0)))
+    done = len(data["runs"])
+    planned = len(spec["groups"]) * spec["repeats"]
+    return [
+        f"- trainer: {trainer}",
+        f"- groups {', '.join(spec['groups'])}; {spec['repeats']} repeats planned, {done}/{planned} runs finished; "
+        f"{spec['iterations']} experiments after the baseline, segments of {spec['segment']}, "
+        f"{spec['budget_s']:g} s training budget, seeds {spec['seed']}..{spec['seed'] + spec['repeats'] - 1} "
+        "(repeat r has the same seed in every group)",
+        f"- LLM: {manifest.get('llm', spec.get('model') or 'embedded default')}",
+        f"- host: {manifest.get('host', {}).get('system', '?')}; started {created}",
+        *([f"- surrogate samples: {fit['samples']} real trainings ({fit['crashed']} crashed)"] if fit else []),
+    ]
+
+
+def main_table(analysis: dict[str, Any]) -> list[str]:
+    lines = [
+        "| group | runs | Δ val_bpb mean ± sd [95% CI] | confirmed Δ | vs A: mean diff [95% CI] | Wilcoxon p "
+        "| permutation p | d_z | kept (< noise sd) | crashes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, g in analysis["groups"].items():
+        vs = g.get("vs_A")
+        diff = f"{vs['mean_diff']:+.4f} [{vs['ci_low']:+.4f}, {vs['ci_high']:+.4f}]" if vs else "reference"
+        within = f"{g['kept_improvements']} ({f(g['within_noise'])})"
+        lines.append(
+            f"| {group} | {g['runs']} | {pm(g['delta'])} | {pm(g['confirmed_delta'])} | {diff} "
+            f"| {f(vs and vs['wilcoxon_p'], 3)} | {f(vs and vs['permutation_p'], 3)} | {f(vs and vs['cohens_dz'], 2)} "
+            f"| {within} | {g['crashes']}/{g['experiments']} |"
+        )
+    return lines
+
+
+def cost_table(analysis: dict[str, Any]) -> list[str]:
+    head = " | ".join(f"{level} calls | {level} tokens | {level} LLM s" for level in LEVELS)
+    lines = [f"| group | {head} | training s | run wall s |", "|---" * (2 + 3 * len(LEVELS) + 1) + "|"]
+    for group, g in analysis["groups"].items():
+        cells = " | ".join(
+            f"{f(g['llm'][lv]['calls'], 1)} | {f(g['llm'][lv]['tokens'], 0)} | {f(g['llm'][lv]['latency_s'], 1)}"
+            for lv in LEVELS
+        )
+        lines.append(f"| {group} | {cells} | {f(g['training_s'], 1)} | {f(g['wall_s'], 1)} |")
+    return lines
+
+
+def mechanism_lines(analysis: dict[str, Any]) -> list[str]:
+    lines = []
+    for group in ("C", "D"):
+        g = analysis["groups"].get(group)
+        if not g:
+            continue
+        lines += [
+            f"\n**Group {group}**\n",
+            "| mechanism | runs | segments active | calls | failed | LLM asks | mean progress per segment (bpb) "
+            "| kept / rolled back |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in sorted(g["mechanisms"].items(), key=lambda kv: -kv[1]["segments"]):
+            lines.append(
+                f"| {name} | {m['runs']} | {m['segments']} | {m['calls']} | {m['failed']} | {m['llm_asks']} "
+                f"| {f(m['mean_progress'], 5)} | {m['kept']} / {m['rolled_back']} |"
+            )
+    return lines
+
+
+def fit_lines(fit: dict[str, Any] | None) -> list[str]:
+    if not fit:
+        return []
+    return [
+        "\n## Surrogate fit (held out)\n",
+        f"- {fit['successful']} successful of {fit['samples']} real samples at {fit['budget_s']:g} s; "
+        f"{fit['cv_folds']}-fold CV: R² {fit['cv_r2']:.3f} (log scale {fit['cv_r2_log']:.3f}), "
+        f"RMSE {fit['cv_rmse_bpb']:.4f} bpb, MAE {fit['cv_mae_bpb']:.4f} bpb",
+        f"- served noise: sd {fit['noise_sd_bpb_at_baseline']:.4f} bpb at the baseline (from {fit['noise_source']}; "
+        f"replicates' sd {f(fit['replicate_sd_bpb'])}, GP noise {fit['gp_noise_sd_bpb_at_baseline']:.4f}); "
+        f"RMSE / noise = {f(fit['rmse_over_noise'], 2)}",
+        f"- crash rule: CV accuracy {f(fit['crash_cv_accuracy'], 3)} against a crash rate of "
+        f"{fit['crash_base_rate']:.3f}",
+        "\n![surrogate fit](surrogate_fit.png)",
+    ]
+
+
+def write_report(root: Path) -> Path:
+    root = Path(root)
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(root)
+    analysis = analyse(data)
+    fit_path = root / SURROGATE_FIT
+    fit = json.loads(fit_path.read_text()) if fit_path.exists() else None
+    plot_running_best(analysis, out / "running_best.png")
+    plot_progress(data, analysis, out / "progress.png")
+    plot_deltas(data, analysis, out / "deltas.png")
+    has_mechanisms = plot_mechanisms(data, out / "mechanisms.png")
+    if fit:
+        plot_surrogate_fit(fit, out / "surrogate_fit.png")
+    noise = analysis["noise"]
+    lines = [
+        f"# Ablation report: {root.name}\n",
+        *setup_lines(data, fit),
+        "\n## Noise floor\n",
+        f"The baseline configuration trained {noise['n']} times with other seeds ({noise['crashes']} crashed): "
+        f"mean {f(noise['mean'])}, sd {f(noise['sd'])} bpb. Kept improvements smaller than this sd are counted in "
+        "brackets below and drawn hollow in the progress chart.",
+        f"\n## Δ val_bpb (best − baseline; negative is better), paired against group {REFERENCE}\n",
+        *main_table(analysis),
+        "\n*confirmed Δ*: each run's best configuration re-trained with fresh seeds, minus the noise-floor mean "
+        "(no selection on noise).",
+        "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
+        "\n## LLM use and time per level (means per run)\n",
+        *cost_table(analysis),
+    ]
+    if has_mechanisms:
+        lines += ["\n## Mechanisms (Level 2)\n", *mechanism_lines(analysis), "\n![mechanisms](mechanisms.png)"]
+    lines += fit_lines(fit)
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_json_atomic(out / "figures.json", {"analysis": analysis, "surrogate_fit": fit})
+    return out / "report.md"
