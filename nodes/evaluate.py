@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from langgraph.runtime import Runtime
 
 from nodes.context import InnerContext
 from nodes.state import InnerState
 
-BUDGET_SLACK = (
-    1.10  # training may overrun its budget by the last step; more than 10 % means the clock was tampered with
-)
+BUDGET_SLACK = 1.10  # beyond the last step's overrun, 10 % more means the clock was tampered with
 
 
 def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str | None) -> str | None:
     """Why `result` must be refused, or None when it is a genuine result of this run's evaluator and split."""
+
+    def finite(value: Any) -> TypeGuard[float]:  # a real number: not a bool, not NaN or infinite
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(result, dict):
+        return f"the result is a {type(result).__name__}, not a JSON object"
     bpb = result.get("val_bpb")
-    if not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
-        return f"val_bpb is not a positive finite number: {bpb!r}"
+    if not finite(bpb) or bpb <= 0:
+        return f"val_bpb is not a positive finite number: {str(bpb)[:80]!r}"
     if result.get("evaluator_sha256") != ctx.evaluator_sha256:
         return "the result was not produced by the locked evaluator (evaluator sha256 differs)"
     if expected_split is not None and result.get("split_sha256") != expected_split:
         return "the result was measured on another data split (split sha256 differs)"
-    seconds = result.get("training_seconds")
-    if not isinstance(seconds, int | float) or seconds > ctx.trainer.budget_s * BUDGET_SLACK + 1:
-        return f"training ran {seconds!r} s for a budget of {ctx.trainer.budget_s} s"
+    budget = ctx.trainer.budget_s
+    if "budget_s" in result and result["budget_s"] != budget:
+        return f"the result reports a budget of {str(result['budget_s'])[:40]} s, not this run's {budget} s"
+    seconds, steps = result.get("training_seconds"), result.get("num_steps")
+    if not finite(seconds) or seconds <= 0:
+        return f"training ran {str(seconds)[:40]} s for a budget of {budget} s"
+    # The clock is read between steps, so the last step may overrun the budget: allow two mean steps more.
+    step_s = seconds / steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 0.0
+    if seconds > budget * BUDGET_SLACK + 1 + 2 * step_s:
+        return f"training ran {str(seconds)[:40]} s in {steps} steps for a budget of {budget} s"
     return None
 
 

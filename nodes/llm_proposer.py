@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, create_model
@@ -37,17 +37,31 @@ def allowed_names(space: SearchSpace, frozen: list[str], only: list[str] | None)
     return [p.name for p in space.params if not p.frozen and p.name not in frozen and (only is None or p.name in only)]
 
 
-def proposal_schema(names: list[str]) -> type[BaseModel]:
-    """A proposal schema whose parameter names are exactly the allowed ones (a constrained decoder then cannot
-    invent a name; any other endpoint's invented name fails validation and is re-asked)."""
-    change = create_model(
-        "Change",
-        name=(Literal[tuple(names)], Field(description="parameter to change")),  # type: ignore[valid-type]
-        value=(str, Field(description="its new value, e.g. 0.01, 8, adamw")),
-    )
+def value_type(p: Param) -> Any:
+    """The JSON type of a parameter's value: a constrained decoder then cannot write text where a number goes."""
+    if p.kind == "choice":
+        return Literal[tuple(p.choices)]
+    return {"int": int, "float": float, "bool": bool}[p.kind]
+
+
+def proposal_schema(space: SearchSpace, names: list[str]) -> type[BaseModel]:
+    """A proposal schema in which each change is one of the allowed parameters with a value of its type (a
+    constrained decoder cannot invent a name or a type; any other endpoint's invention fails validation and is
+    re-asked). Ranges are checked after parsing, with a message the model can act on."""
+    changes = [
+        create_model(
+            f"Change_{name}",
+            name=(Literal[name], Field(description=describe_param(space[name]))),
+            value=(value_type(space[name]), Field(description=f"new value of {name}")),
+        )
+        for name in names
+    ]
+    change: Any = changes[0]
+    if len(changes) > 1:  # tagged by name: a bad answer gets one short error, not one per parameter
+        change = Annotated[Union[tuple(changes)], Field(discriminator="name")]  # noqa: UP007 - built at run time
     return create_model(
         "Proposal",
-        changes=(list[change], Field(min_length=1, max_length=3)),  # type: ignore[valid-type]
+        changes=(list[change], Field(min_length=1, max_length=3)),
         hypothesis=(str, Field(description="why this should lower val_bpb")),
         expected_direction=(Literal["lower", "higher"], Field(description="expected direction of val_bpb")),
     )
@@ -122,7 +136,7 @@ def ask_llm(
 
     answer = ask_structured(
         ctx.llm,
-        proposal_schema(names),
+        proposal_schema(ctx.space, names),
         [SystemMessage(PROPOSE_SYSTEM), HumanMessage(prompt)],
         node=caller,
         level=ctx.llm_level,
