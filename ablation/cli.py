@@ -19,7 +19,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
+from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
+from ablation.surrogate import fit_quality, load_model
+from graphs.runs import new_run_dir
 
 console = Console()
 
@@ -33,13 +37,25 @@ def main_sample(argv: list[str]) -> int:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--work-dir", type=Path, default=Path("runs/surrogate-sampling"))
     ap.add_argument("--memory-gb", type=float, default=6.0, help="a trial allocating more crashes (RLIMIT_DATA)")
-    ap.add_argument("--pause-while", metavar="PATTERN", help="before each point, wait while `pgrep -f PATTERN` finds a "
-                    "process (e.g. gpt.bench: another engineer's timing benchmark)")  # fmt: skip
+    ap.add_argument(
+        "--pause-while",
+        metavar="PATTERN",
+        help="before each point, wait while `pgrep -f PATTERN` finds a "
+        "process (e.g. gpt.bench: another engineer's timing benchmark)",
+    )
     args = ap.parse_args(argv)
     cap = int(args.memory_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, resource.getrlimit(resource.RLIMIT_DATA)[1]))  # children inherit
-    rows = collect(args.csv, args.work_dir, args.points, args.replicates, args.budget_s, args.seed,
-                   log=console.print, before_each=lambda: wait_while(args.pause_while))  # fmt: skip
+    rows = collect(
+        args.csv,
+        args.work_dir,
+        args.points,
+        args.replicates,
+        args.budget_s,
+        args.seed,
+        log=console.print,
+        before_each=lambda: wait_while(args.pause_while),
+    )
     console.print(f"{len(rows)} samples in {args.csv}")
     return 0
 
@@ -66,8 +82,95 @@ def wait_while(pattern: str | None, poll_s: float = 60.0) -> None:
         time.sleep(poll_s)
 
 
+def add_run_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--groups", default=",".join(GROUP_NAMES), help=f"comma-separated, of {', '.join(GROUP_NAMES)}")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=30, help="experiments after the baseline, per run")
+    ap.add_argument("--budget-s", type=float, default=20.0, help="training budget of each experiment")
+    ap.add_argument("--segment", type=int, default=5, help="inner iterations per outer cycle (every group)")
+    ap.add_argument("--seed", type=int, default=0, help="repeat r runs with seed + r in every group")
+    ap.add_argument("--executor", default="local", help="local | surrogate:PATH (a samples CSV)")
+    ap.add_argument("--noise-repeats", type=int, default=5, help="baseline trainings with other seeds")
+    ap.add_argument("--confirm", type=int, default=0, help="re-trainings of each run's best with fresh seeds")
+    ap.add_argument("--out", type=Path, help="the ablation folder (default runs/ablation-<time>)")
+    ap.add_argument("--llm-model", dest="model")
+    ap.add_argument("--llm-base-url", dest="base_url")
+    ap.add_argument("--max-llm-calls", type=int, help="per run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--corpus", default="shakespeare")
+    ap.add_argument("--generate-mode", choices=["auto", "compose", "generate"], default="auto")
+    ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training")
+
+
+def main_run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation")
+    add_run_flags(ap)
+    ap.add_argument("--stop-after-s", type=float, help="start no new run after this many seconds (then resume)")
+    args = ap.parse_args(argv)
+    if args.executor.startswith("surrogate:"):  # runs resume from anywhere: name the samples by an absolute path
+        args.executor = f"surrogate:{Path(args.executor.split(':', 1)[1]).resolve()}"
+    spec = AblationSpec(
+        groups=[g.strip() for g in args.groups.split(",") if g.strip()],
+        repeats=args.repeats,
+        iterations=args.iterations,
+        budget_s=args.budget_s,
+        segment=args.segment,
+        seed=args.seed,
+        executor=args.executor,
+        noise_repeats=args.noise_repeats,
+        confirm=args.confirm,
+        device=args.device,
+        corpus=args.corpus,
+        model=args.model,
+        base_url=args.base_url,
+        max_llm_calls=args.max_llm_calls,
+        generate_mode=args.generate_mode,
+        kill_after_s=args.kill_after_s,
+    )
+    out = args.out or new_run_dir(Path("runs"), "ablation")
+    return finish(Ablation.open(out, spec), args.stop_after_s)
+
+
+def finish(ablation: Ablation, stop_after_s: float | None) -> int:
+    console.print(
+        f"ablation folder [bold]{ablation.root}[/]: {', '.join(ablation.spec.groups)} x "
+        f"{ablation.spec.repeats} repeats, trainer {ablation.spec.executor}"
+    )
+    done = ablation.run(stop_after_s=stop_after_s, log=console.print)
+    report = write_report(ablation.root)
+    console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))
+    return 0
+
+
+def main_resume(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation resume")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--stop-after-s", type=float)
+    args = ap.parse_args(argv)
+    return finish(Ablation.open(args.out), args.stop_after_s)
+
+
+def main_report(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation report")
+    ap.add_argument("out", type=Path)
+    console.print(f"report: [bold]{write_report(ap.parse_args(argv).out)}[/]")
+    return 0
+
+
+def main_fit(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation fit")
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    quality = fit_quality(load_model(ap.parse_args(argv).csv))
+    quality.pop("cv_predictions")
+    for key, value in quality.items():
+        console.print(f"{key:32} {value:.4f}" if isinstance(value, float) else f"{key:32} {value}")
+    return 0
+
+
+COMMANDS = {"sample": main_sample, "resume": main_resume, "report": main_report, "fit": main_fit}
+
+
 def main_ablation(argv: list[str]) -> int:
-    command = argv[0] if argv else ""
-    if command == "sample":
-        return main_sample(argv[1:])
-    raise SystemExit(f"unknown ablation command {command!r}")
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return main_run(argv)

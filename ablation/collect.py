@@ -62,8 +62,9 @@ def improvements(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def llm_use(ledger: Ledger) -> dict[str, dict[str, float]]:
     """Per level (L1, L1.5, L2): calls, prompt and completion tokens, latency, from the `llm_call` events."""
-    use: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                                            "latency_s": 0.0})  # fmt: skip
+    use: dict[str, dict[str, float]] = defaultdict(
+        lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0}
+    )
     for e in ledger.events("llm_call"):
         u = use[str(e.get("level", "?"))]
         u["calls"] += 1
@@ -84,9 +85,18 @@ def time_use(ledger: Ledger) -> dict[str, float]:
 def mechanism_use(ledger: Ledger, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per propose mechanism: calls (and failed ones), LLM asks, segments active with the progress made in them,
     and the compare verdicts after its trial segments."""
-    use: dict[str, dict[str, Any]] = defaultdict(lambda: {"calls": 0, "failed": 0, "llm_asks": 0, "changed": 0,
-                                                          "segments": 0, "progress": [], "kept": 0,
-                                                          "rolled_back": 0})  # fmt: skip
+    use: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {
+            "calls": 0,
+            "failed": 0,
+            "llm_asks": 0,
+            "changed": 0,
+            "segments": 0,
+            "progress": [],
+            "kept": 0,
+            "rolled_back": 0,
+        }
+    )
     for e in ledger.events("mechanism_call"):
         u = use[e["mechanism"]]
         u["calls"] += 1

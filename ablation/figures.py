@@ -61,9 +61,18 @@ def _mean(values: list[float]) -> float:
 
 def mechanism_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per mechanism family over the runs of a group: where it was used, how often it ran, what it achieved."""
-    table: dict[str, dict[str, Any]] = defaultdict(lambda: {"runs": 0, "segments": 0, "calls": 0, "failed": 0,
-                                                            "llm_asks": 0, "progress": [], "kept": 0,
-                                                            "rolled_back": 0})  # fmt: skip
+    table: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {
+            "runs": 0,
+            "segments": 0,
+            "calls": 0,
+            "failed": 0,
+            "llm_asks": 0,
+            "progress": [],
+            "kept": 0,
+            "rolled_back": 0,
+        }
+    )
     for run in runs:
         seen = set()
         for mid, use in run["mechanisms"].items():
@@ -75,8 +84,10 @@ def mechanism_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 t[key] += use[key]
             t["progress"].extend(use["progress"])
     return {
-        name: {**{k: v for k, v in t.items() if k != "progress"},
-               "mean_progress": float(np.mean(t["progress"])) if t["progress"] else math.nan}  # fmt: skip
+        name: {
+            **{k: v for k, v in t.items() if k != "progress"},
+            "mean_progress": float(np.mean(t["progress"])) if t["progress"] else math.nan,
+        }
         for name, t in table.items()
     }
 

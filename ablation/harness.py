@@ -33,6 +33,7 @@ from langchain_core.language_models import BaseChatModel
 
 from graphs.run import GROUPS, execute, executor_for
 from graphs.runs import RunConfig
+from mechanisms.space import SearchSpace
 from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
 from nodes.ledger import write_atomic, write_json_atomic
@@ -45,6 +46,7 @@ GROUP_NAMES = (*GROUPS, *BASELINES)
 NOISE_SEED = 10_000  # noise-floor seeds: far from the repeats' seeds
 CONFIRM_SEED = 20_000  # seeds of the re-trainings of a run's best
 MANIFEST = "ablation.json"
+SURROGATE_FIT = "surrogate_fit.json"  # the surrogate's held-out quality, measured when the ablation starts
 
 LLMFor = Callable[[RunConfig], BaseChatModel]
 
@@ -126,8 +128,12 @@ class Ablation:
         if spec is None:
             raise FileNotFoundError(f"{root} is not an ablation folder (no {MANIFEST})")
         ablation = cls(root, spec, {"spec": dataclasses.asdict(spec), "created": time.time(), "runs": {}})
-        ablation.manifest["host"] = {"machine": platform.machine(), "processor": platform.processor(),
-                                     "system": platform.platform(), "python": platform.python_version()}  # fmt: skip
+        ablation.manifest["host"] = {
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "system": platform.platform(),
+            "python": platform.python_version(),
+        }
         ablation.save()
         return ablation
 
@@ -165,8 +171,6 @@ class Ablation:
         write_json_atomic(folder / "outcome.json", {**outcome, "seed": seed, "params": params})
 
     def noise_floor(self, executor: Executor, log: Callable[[str], None]) -> None:
-        from mechanisms.space import SearchSpace
-
         defaults = SearchSpace.from_train_source(self.base_source()).defaults()
         for k in range(self.spec.noise_repeats):
             folder = self.root / "noise" / f"n{k:02d}"
@@ -195,6 +199,7 @@ class Ablation:
         """Run every pending or interrupted run; True when the whole ablation is done."""
         deadline = time.time() + stop_after_s if stop_after_s else None
         trainer = self.executor(executor)
+        self.record_surrogate_fit()
         self.noise_floor(trainer, log)
         todo = [(g, r) for g, r in self.plan() if self.status(run_id(g, r)) != "done"]
         if not todo:
@@ -206,22 +211,42 @@ class Ablation:
                     return False
                 rid = run_id(group, repeat)
                 run_dir = self.root / "runs" / rid
-                config = (RunConfig.load(run_dir) if (run_dir / "run.json").exists()
-                          else self.spec.run_config(run_dir, group, repeat))  # fmt: skip
-                log(f"{rid}: level {config.level}{' + ' + config.mechanism if config.mechanism else ''}, "
-                    f"seed {config.seed} ({self.status(rid)})")  # fmt: skip
-                self.mark(rid, group=group, repeat=repeat, seed=config.seed, status="running",
-                          started=self.manifest["runs"].get(rid, {}).get("started") or time.time())  # fmt: skip
+                config = (
+                    RunConfig.load(run_dir)
+                    if (run_dir / "run.json").exists()
+                    else self.spec.run_config(run_dir, group, repeat)
+                )
+                log(
+                    f"{rid}: level {config.level}{' + ' + config.mechanism if config.mechanism else ''}, "
+                    f"seed {config.seed} ({self.status(rid)})"
+                )
+                self.mark(
+                    rid,
+                    group=group,
+                    repeat=repeat,
+                    seed=config.seed,
+                    status="running",
+                    started=self.manifest["runs"].get(rid, {}).get("started") or time.time(),
+                )
                 execute(config, llm=chat_for(config), executor=executor)
                 self.confirm(run_dir, trainer)
                 self.mark(rid, status="done", finished=time.time())
         return True
+
+    def record_surrogate_fit(self) -> None:
+        if not self.spec.executor.startswith("surrogate:") or (self.root / SURROGATE_FIT).exists():
+            return
+        from ablation.surrogate import fit_quality, load_model
+
+        write_json_atomic(self.root / SURROGATE_FIT, fit_quality(load_model(Path(self.spec.executor.split(":", 1)[1]))))
 
     @contextmanager
     def llms(self, llm_for: LLMFor | None) -> Iterator[LLMFor]:
         """Per-run chat models: ``llm_for`` when given; else one model for the whole ablation (the embedded server
         starts once), copied per run with the run's seed so repeats sample differently."""
         if llm_for is not None:
+            self.manifest["llm"] = "supplied by the caller"
+            self.save()
             yield llm_for
             return
         settings = LLMSettings.resolve(model=self.spec.model, base_url=self.spec.base_url)

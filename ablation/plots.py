@@ -64,8 +64,14 @@ def plot_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) ->
             ax.scatter([p[0] for p in done], [min(p[1], high) for p in done], s=6, color="#c0c0c0", zorder=1)
             for imp in run["improvements"]:
                 hollow = not math.isnan(sd) and imp["gain"] < sd
-                ax.scatter(imp["iteration"], imp["val_bpb"] - base, s=22, zorder=3, edgecolors=colour(group),
-                           facecolors="none" if hollow else colour(group))  # fmt: skip
+                ax.scatter(
+                    imp["iteration"],
+                    imp["val_bpb"] - base,
+                    s=22,
+                    zorder=3,
+                    edgecolors=colour(group),
+                    facecolors="none" if hollow else colour(group),
+                )
             curve = [b - base if b is not None else math.nan for b in run["best_curve"]]
             ax.step(range(len(curve)), curve, where="post", color=colour(group), lw=0.8, alpha=0.6)
         ax.axhline(0, color="black", lw=0.6)
@@ -83,7 +89,7 @@ def plot_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) ->
 
 def plot_mechanisms(data: dict[str, Any], path: Path, groups: tuple[str, ...] = ("C", "D")) -> bool:
     """Which mechanism proposed each experiment, per run of the Level-2 groups; False when there is none."""
-    runs = [r for r in data["runs"] if r["group"] in groups]
+    runs = sorted((r for r in data["runs"] if r["group"] in groups), key=lambda r: (r["group"], r["repeat"]))
     if not runs:
         return False
     families = sorted({family(p) for r in runs for p in r["proposers"] if p})
@@ -94,7 +100,8 @@ def plot_mechanisms(data: dict[str, Any], path: Path, groups: tuple[str, ...] = 
         for col, proposer in enumerate(run["proposers"]):
             if proposer:
                 grid[row, col] = index[family(proposer)]
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[: max(1, len(families))])
+    tab10 = plt.get_cmap("tab10")
+    cmap = ListedColormap([tab10(i % 10) for i in range(max(1, len(families)))])
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(runs) + 1.6))
     ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(families) - 0.5, interpolation="nearest")
     ax.set_yticks(range(len(runs)), [r["id"] for r in runs], fontsize=7)
@@ -120,8 +127,14 @@ def plot_deltas(data: dict[str, Any], analysis: dict[str, Any], path: Path) -> N
         ax.scatter(x + np.asarray(jitter), deltas, s=14, color=colour(group), alpha=0.7)
         d = analysis["groups"][group]["delta"]
         if d["n"]:
-            ax.errorbar(x + 0.25, d["mean"], yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
-                        fmt="o", color="black", capsize=4)  # fmt: skip
+            ax.errorbar(
+                x + 0.25,
+                d["mean"],
+                yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
+                fmt="o",
+                color="black",
+                capsize=4,
+            )
         confirmed = analysis["groups"][group]["confirmed_delta"]
         if confirmed and confirmed["n"]:
             ax.scatter(x + 0.38, confirmed["mean"], marker="D", color=colour(group), edgecolors="black", zorder=3)

@@ -11,10 +11,9 @@ from typing import Any
 
 from ablation.collect import collect
 from ablation.figures import LEVELS, REFERENCE, analyse
+from ablation.harness import SURROGATE_FIT
 from ablation.plots import plot_deltas, plot_mechanisms, plot_progress, plot_running_best, plot_surrogate_fit
 from nodes.ledger import write_atomic, write_json_atomic
-
-SURROGATE_FIT = "surrogate_fit.json"
 
 
 def f(value: Any, digits: int = 4) -> str:

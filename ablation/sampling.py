@@ -2,7 +2,8 @@
 
 A plan of points: a Latin hypercube over the whole space ("global"), one in a box around the default configuration
 ("local": where searches that change 1-3 parameters at a time spend their trials), and the default configuration
-trained with different seeds ("replicate": the noise the surrogate must reproduce). Each point is trained for real by
+trained with different seeds ("replicate": the noise the surrogate must reproduce). Points are repaired to satisfy
+the batch constraint of train.py (`ablation.constraints`). Each point is trained for real by
 gpt/train.py through the project's `LocalExecutor` and appended to a CSV, rewritten atomically after every point, so
 an interrupted collection resumes where it stopped and the file is always readable.
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
+from ablation.constraints import repair
 from mechanisms.space import Param, SearchSpace
 from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
@@ -53,7 +55,8 @@ def unit_centre(p: Param) -> float:
 
 def design(space: SearchSpace, n: int, seed: int, half_width: float | None = None) -> list[dict[str, Any]]:
     """``n`` configurations of a Latin hypercube over the free parameters (declared-frozen ones keep the default),
-    over the whole space, or over a box of ``half_width`` in unit space around the default."""
+    over the whole space, or over a box of ``half_width`` in unit space around the default; each repaired to satisfy
+    train.py's batch constraint (a point the trainer refuses outright teaches the surrogate nothing)."""
     free = [p for p in space if not p.frozen]
     if n <= 0:
         return []
@@ -65,12 +68,13 @@ def design(space: SearchSpace, n: int, seed: int, half_width: float | None = Non
             if half_width is not None:
                 u = min(1.0, max(0.0, unit_centre(p) + (2 * u - 1) * half_width))
             point[p.name] = from_unit(p, float(u))
-        points.append(point)
+        points.append(repair(space, point))
     return points
 
 
-def plan(space: SearchSpace, points: int, replicates: int, seed: int, local_frac: float = 0.5,
-         half_width: float = 0.2) -> list[dict[str, Any]]:  # fmt: skip
+def plan(
+    space: SearchSpace, points: int, replicates: int, seed: int, local_frac: float = 0.5, half_width: float = 0.2
+) -> list[dict[str, Any]]:
     """The whole plan, interleaved so that a collection stopped early is still balanced between the designs."""
     n_local = round(points * local_frac)
     global_points = design(space, points - n_local, seed)

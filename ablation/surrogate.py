@@ -6,8 +6,9 @@ The model is fitted, deterministically, from the samples CSV every time it is lo
   WhiteKernel); a served value is the posterior mean plus seeded Gaussian noise of the measured size — the standard
   deviation of the replicates (the default configuration trained with different seeds) when there are three or
   more, else the GP's own noise level;
-- crashes: a random-forest classifier learnt from the crashed samples; a configuration it gives a crash probability
-  above one half crashes, as the real trainer did there;
+- crashes: a configuration train.py refuses (`ablation.constraints`, exit 2) crashes exactly as it would; among the
+  others, a random-forest classifier learnt from the crashed samples (out of memory, too slow, diverged) crashes those
+  it gives a crash probability above one half;
 - the other result fields (steps, memory, training seconds) are those of the nearest successful sample.
 
 `SurrogateExecutor` has the real trainer's interface (an `Executor`): it reads the candidate's constants from
@@ -35,6 +36,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 
+from ablation.constraints import config_error
 from ablation.sampling import read_samples, unit_features
 from mechanisms.space import SearchSpace
 from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
@@ -47,7 +49,7 @@ FOLDS = 5
 
 
 def sample_status(row: dict[str, Any]) -> str:
-    """"ok" or "crash", by the rule the evaluate node applies (a result over the budget is refused)."""
+    """The status of a sample, by the evaluate node's rule: "crash" also for a result over the budget."""
     bpb, seconds = row.get("val_bpb"), row.get("training_seconds")
     if row.get("error") or not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
         return "crash"
@@ -86,7 +88,7 @@ class LogBpbGP:
 def _fit_classifier(x: np.ndarray, crashed: np.ndarray) -> RandomForestClassifier | None:
     if crashed.all() or not crashed.any():
         return None
-    return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=0).fit(x, crashed)
+    return RandomForestClassifier(n_estimators=100, max_features=None, random_state=0).fit(x, crashed)
 
 
 @dataclass
@@ -118,9 +120,10 @@ class SurrogateModel:
         splits = {row["split_sha256"] for row in ok_rows}
         if len(splits) != 1:
             raise ValueError("the successful samples were measured on different data splits")
-        x_all = np.array([unit_features(space, row) for row in rows])
-        crashed = np.array([sample_status(row) == "crash" for row in rows])
-        ok_x = x_all[~crashed]
+        admissible = [row for row in rows if config_error(row) is None]
+        x_admissible = np.array([unit_features(space, row) for row in admissible])
+        crashed = np.array([sample_status(row) == "crash" for row in admissible])
+        ok_x = np.array([unit_features(space, row) for row in ok_rows])
         regressor = LogBpbGP.fit(ok_x, np.array([row["val_bpb"] for row in ok_rows]))
         noise_log_sd, source = regressor.noise_log_sd, "gp"
         replicates = [math.log(row["val_bpb"]) for row in ok_rows if row.get("design") == "replicate"]
@@ -132,7 +135,7 @@ class SurrogateModel:
             budget_s=float(budgets.pop()),
             split_sha256=str(splits.pop()),
             regressor=regressor,
-            classifier=_fit_classifier(x_all, crashed),
+            classifier=_fit_classifier(x_admissible, crashed),
             noise_log_sd=noise_log_sd,
             noise_source=source,
             digest=digest,
@@ -154,11 +157,23 @@ class SurrogateModel:
         return self.ok_rows[int(np.argmin(distances))]
 
     def serve(self, params: dict[str, Any], noise_seed: int) -> dict[str, Any]:
-        """One training outcome: a crash where the crash model says so, else the posterior mean with noise."""
+        """One training outcome: a crash where train.py or the crash model says so, else the mean with noise."""
+        refused = config_error(params)
+        if refused:
+            return {
+                "ok": False,
+                "returncode": 2,
+                "surrogate": True,
+                "error": f"exit 2: invalid configuration (surrogate, train.py's rule: {refused})",
+            }
         p_crash = self.crash_probability(params)
         if p_crash > CRASH_THRESHOLD:
-            return {"ok": False, "returncode": 1, "surrogate": True,
-                    "error": f"surrogate: crash predicted (p={p_crash:.2f}) from the crashed samples"}  # fmt: skip
+            return {
+                "ok": False,
+                "returncode": 1,
+                "surrogate": True,
+                "error": f"surrogate: crash predicted (p={p_crash:.2f}) from the crashed samples",
+            }
         mean = self.mean_bpb(params)
         draw = float(np.random.default_rng(noise_seed).normal(0.0, self.noise_log_sd))
         near = self.nearest(params)
@@ -238,12 +253,16 @@ def fit_quality(model: SurrogateModel, folds: int = FOLDS) -> dict[str, Any]:
     baseline = float(np.mean(replicates)) if replicates else model.mean_bpb(model.space.defaults())
     rmse = float(np.sqrt(np.mean((predicted - y) ** 2)))
     noise_bpb = baseline * model.noise_log_sd
-    all_x = np.array([unit_features(model.space, row) for row in model.rows])
-    crashed = np.array([sample_status(row) == "crash" for row in model.rows])
+    admissible = [row for row in model.rows if config_error(row) is None]
+    all_x = np.array([unit_features(model.space, row) for row in admissible])
+    crashed = np.array([sample_status(row) == "crash" for row in admissible])
+    refused = [row for row in model.rows if row.get("returncode") == 2]
     return {
         "samples": len(model.rows),
         "successful": len(rows),
-        "crashed": int(crashed.sum()),
+        "crashed": sum(sample_status(row) == "crash" for row in model.rows),
+        "rule_agrees": sum((row.get("returncode") == 2) == (config_error(row) is not None) for row in model.rows),
+        "refused_by_trainer": len(refused),
         "budget_s": model.budget_s,
         "cv_folds": min(folds, len(y)),
         "cv_r2": float(r2_score(y, predicted)),

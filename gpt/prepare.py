@@ -130,10 +130,9 @@ def _read_texts(source: Source) -> Iterator[tuple[str, str]]:
     if source.path.suffix == ".parquet":
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-        table = pq.read_table(source.path, columns=["text"]) if _has_text(source.path) else None
-        if table is None:
+        if "text" not in pq.read_schema(source.path).names:
             raise PrepareError(f"{source.path}: parquet file has no 'text' column")
-        for i, text in enumerate(table.column("text").to_pylist()):
+        for i, text in enumerate(pq.read_table(source.path, columns=["text"]).column("text").to_pylist()):
             yield f"{source.name}:{i}", text or ""
         return
     raw = source.path.read_bytes()
@@ -141,12 +140,6 @@ def _read_texts(source: Source) -> Iterator[tuple[str, str]]:
         yield source.name, raw.decode("utf-8")
     except UnicodeDecodeError:
         yield source.name, raw.decode("latin-1")  # old Gutenberg files; any byte string decodes
-
-
-def _has_text(path: Path) -> bool:
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-    return "text" in pq.read_schema(path).names
 
 
 def _pieces(name: str, text: str) -> Iterator[tuple[str, str]]:

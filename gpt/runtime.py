@@ -314,6 +314,8 @@ def finish(run: Run, trained: Trained, peak_flops: float) -> dict[str, Any]:
         run.device,
         run.dtype if run.dtype != torch.float32 else None,
     )
+    # a CPU peak measured while other jobs load the machine reads low; the higher of two measurements is closer
+    peak_flops = max(peak_flops, matmul_peak_flops(run.device, run.dtype))
     clock = run.clock
     achieved = trained.flops_per_token * clock.counted_tokens / clock.training_seconds if clock.training_seconds else 0
     result = {

@@ -11,8 +11,9 @@ residual and input-skip scalars. Optimizer: Muon (Newton-Schulz orthogonalised m
 AdamW for embedding, head and scalars; OPTIMIZER = "adamw" puts the matrices on AdamW too (MATRIX_LR is then an AdamW
 learning rate: ~0.001-0.004 rather than Muon's ~0.02-0.05).
 model_dim = DEPTH * ASPECT_RATIO rounded up to a multiple of HEAD_DIM. TOTAL_BATCH_TOKENS per optimizer step, reached
-by gradient accumulation over micro-batches of DEVICE_BATCH_SIZE x SEQ_LEN tokens. The LR schedule follows the
-fraction of the budget spent: linear warm-up, flat, linear warm-down to FINAL_LR_FRAC. LOGIT_SOFTCAP = 0 disables it.
+by gradient accumulation over micro-batches of DEVICE_BATCH_SIZE x SEQ_LEN tokens (a whole number of them, else exit 2).
+The LR schedule follows the fraction of the budget spent: linear warm-up, flat, linear warm-down to FINAL_LR_FRAC.
+LOGIT_SOFTCAP = 0 disables the soft-cap.
 """
 
 import math

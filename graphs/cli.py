@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +54,8 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     )
     ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
+    ap.add_argument("--eval-tokens", type=int, help="validation tokens of evaluate_bpb (default: the trainer's)")
+    ap.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the trainer's)")
     ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
     ap.add_argument("--max-llm-calls", type=int)
     ap.add_argument("--max-llm-tokens", type=int)
@@ -82,6 +85,8 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         segment=args.segment if bilevel else args.iterations + 1,
         budget_s=args.budget_s,
         device=args.device,
+        eval_tokens=args.eval_tokens,
+        vocab_size=args.vocab_size,
         corpus=args.corpus,
         seed=args.seed,
         mode=args.mode,
@@ -136,18 +141,87 @@ def main_run(argv: list[str], *, bilevel: bool) -> int:
 
 
 def main_resume(argv: list[str]) -> int:
+    from checkpoints.ledger import LedgerError
+    from checkpoints.sqlite import CheckpointError
     from graphs.report import write_report
     from graphs.run import execute
 
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel resume")
     ap.add_argument("run_dir", type=Path)
+    ap.add_argument(
+        "--from-ledger",
+        action="store_true",
+        help="the checkpoint database is lost or corrupt: set it aside, rebuild the state from trace.jsonl, go on",
+    )
     args = ap.parse_args(argv)
     config = RunConfig.load(args.run_dir)
     console.print(f"resuming {args.run_dir}")
-    execute(config, inner_only=config.level == "1" and config.segment > config.iterations)
+    try:
+        if args.from_ledger:
+            note = resume_from_ledger(config)
+            console.print(note)
+        execute(config, inner_only=resumes_inner_only(config))
+    except (CheckpointError, LedgerError) as e:
+        console.print(f"[red]{e}[/]", highlight=False)
+        return 2
     write_report(args.run_dir)
     print_summary(args.run_dir)
     return 0
+
+
+def resumes_inner_only(config: RunConfig) -> bool:
+    """A run started by `python -m graphs.inner` (its graph is the inner one, on thread "inner")."""
+    return config.level == "1" and config.segment > config.iterations
+
+
+def resume_from_ledger(config: RunConfig) -> str:
+    """Set the checkpoint database aside and seed a fresh one with the state the ledger records (see
+    `checkpoints/ledger.py`); the next `execute(config)` continues from there. Returns what was done."""
+    import time
+
+    from langchain_core.runnables import RunnableConfig
+
+    from checkpoints import ledger
+    from checkpoints.sqlite import open_checkpointer, set_aside
+    from graphs.inner import build_inner_graph
+    from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state
+    from graphs.run import start_mechanism
+    from graphs.runs import base_source
+    from mechanisms.space import SearchSpace
+    from nodes.mechanism_loader import load_mechanism
+    from nodes.state import SegmentRecord
+
+    run_dir = Path(config.run_dir)
+    events = ledger.trace_events(run_dir)
+    total = config.iterations + 1
+    space = SearchSpace.from_train_source(base_source(run_dir))
+    inner = ledger.inner_state(events, space.defaults(), total)
+    done = inner["iteration"] >= total
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = set_aside(run_dir, stamp)
+    moved = ledger.set_aside_undecided(run_dir, inner["iteration"], run_dir / "set-aside" / stamp / "experiments")
+    mechanism = start_mechanism(config)
+    with open_checkpointer(run_dir, fresh=True) as saver:
+        if resumes_inner_only(config):
+            graph = build_inner_graph(load_mechanism(mechanism, run_dir)).compile(checkpointer=saver)
+            values: dict[str, Any] = {**inner, "stop_reason": "iterations done" if done else None}
+            graph.update_state(RunnableConfig(configurable={"thread_id": "inner"}), values, as_node="decide")
+        else:
+            cycle = ledger.next_cycle(events)
+            outer = initial_outer_state(inner, mechanism, config.level, total)
+            rebuilt = {"cycle": cycle, "event": "rebuilt_from_ledger", "mechanism": mechanism["id"]}
+            outer["cycle"], outer["history"] = cycle, [rebuilt]
+            outer["segments"] = cast(list[SegmentRecord], ledger.segments_from(events))
+            if done:
+                outer["stop_reason"] = "all iterations done"
+            graph = build_outer_graph().compile(checkpointer=saver)
+            thread: RunnableConfig = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
+            graph.update_state(thread, outer, as_node="run_inner" if done else "inject")
+    return (
+        f"rebuilt from the ledger: {inner['iteration']} experiments, best {inner['best_bpb']} ({inner['best_id']}); "
+        f"database set aside in {aside or '(none: it was missing)'}"
+        + (f"; undecided experiment folders set aside: {', '.join(moved)}" if moved else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 Protocol (JSON lines; the child talks on a private copy of stdout, so ``print`` in a mechanism goes to stderr):
 
 - parent -> child, once: ``{"op": "run", "source": str, "views": [view payload, ...]}``
+- child -> parent, once the module is loaded: ``{"op": "started"}`` (the views' wall-clock limit starts here)
 - child -> parent, per ``view.ask_llm``: ``{"op": "ask_llm", "view": i, "guidance": str, "constraints": dict | null}``
 - parent -> child, the answer: ``{"op": "llm", "ok": true, "proposal": {...}}`` or ``{"op": "llm", "ok": false,
   "error": str}``
@@ -240,6 +241,7 @@ def main() -> None:
     except BaseException as exc:
         fail("load", exc)
         return
+    channel.send({"op": "started"})
     outputs, seconds = [], []
     for index, payload in enumerate(request["views"]):
         state["view"] = index

@@ -39,6 +39,7 @@ CHILD_ENV = {
     "LC_ALL": "C.UTF-8",
 }
 _LIBC = ctypes.CDLL(None, use_errno=True)
+MAX_REQUEST_CHARS = 2_000  # guidance (truncated) and constraints (refused beyond) of one ask_llm request
 
 ManyAsk = Callable[[int, str, "dict[str, Any] | None"], dict[str, Any]]
 
@@ -58,8 +59,8 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    wall_s: float = 10.0  # per view, not counting the parent's time in ask_llm
-    startup_s: float = 15.0  # interpreter start and imports, once per child
+    wall_s: float = 10.0  # per view (from the moment the module is loaded), not counting the parent's ask_llm time
+    startup_s: float = 15.0  # interpreter start, imports and the module's own top level, once per child
     cpu_s: int = 10  # per view
     memory_bytes: int = 1 << 30
     file_size_bytes: int = 1 << 16
@@ -201,6 +202,7 @@ class _Session:
         self.deadline = self.start + limits.startup_s + limits.wall_s * max(1, n)
         self.buffer = b""
         self.err = b""
+        self.loaded = False
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start - self.llm_time
@@ -216,9 +218,9 @@ class _Session:
         while selector.get_map():
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise SandboxError(
-                    "timeout", f"no result within {self.deadline - self.start - self.llm_time:.1f} s", self.stderr()
-                )
+                limit = f"{self.limits.wall_s:g} s per view ({len(self.calls)} views)"
+                start = "once loaded" if self.loaded else f"after {self.limits.startup_s:g} s of start-up"
+                raise SandboxError("timeout", f"no result within {limit} {start}", self.stderr())
             for key, _ in selector.select(remaining):
                 stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
                 data = os.read(stream.fileno(), 65536)
@@ -244,9 +246,13 @@ class _Session:
                 raise SandboxError("bad_output", f"not a JSON line: {line[:200]!r}", self.stderr()) from exc
             if not isinstance(message, dict):
                 raise SandboxError("bad_output", f"not a JSON object: {line[:200]!r}", self.stderr())
-            if message.get("op") != "ask_llm":
+            if message.get("op") == "started":  # loaded: from now on the views get wall_s each, no more
+                self.deadline = min(self.deadline, time.monotonic() + self.limits.wall_s * len(self.calls))
+                self.loaded = True
+            elif message.get("op") == "ask_llm":
+                self._answer(message)
+            else:
                 return message
-            self._answer(message)
         if len(self.buffer) > self.limits.max_output_bytes:
             raise SandboxError("bad_output", f"output larger than {self.limits.max_output_bytes} bytes")
         return None
@@ -259,11 +265,15 @@ class _Session:
         if self.calls[index] > self.limits.max_llm_calls:
             raise SandboxError("llm_calls", f"more than {self.limits.max_llm_calls} ask_llm calls for view {index}")
         constraints = message.get("constraints")
+        constraints = constraints if isinstance(constraints, dict) else None
+        # The request reaches the real model: its size is bounded here, not by the mechanism (a 1 MB guidance
+        # string, sixteen times per view, would be spent on a paid endpoint outside any limit of the child).
+        guidance = str(message.get("guidance", ""))[:MAX_REQUEST_CHARS]
         start = time.monotonic()
         try:
-            proposal = self.ask_llm(
-                index, str(message.get("guidance", "")), constraints if isinstance(constraints, dict) else None
-            )
+            if len(json.dumps(constraints)) > MAX_REQUEST_CHARS:
+                raise ValueError(f"constraints longer than {MAX_REQUEST_CHARS} characters")
+            proposal = self.ask_llm(index, guidance, constraints)
             reply = {"op": "llm", "ok": True, "proposal": proposal}
         except Exception as exc:
             reply = {"op": "llm", "ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -10,33 +10,29 @@ from typing import Any
 BLOCK_START = "# ---- hyperparameters: the inner loop edits this block ----"
 BLOCK_END = "# ---- end of hyperparameters ----"
 
-# Names a code edit may not introduce: they reach outside the experiment (files, processes, the network, secrets).
-FORBIDDEN_NAMES = frozenset(
+# What a code edit may not add to train.py (counted on the whole edited file, so a search text cannot smuggle a name
+# in). The training process runs the edited file with full Python, so this guard refuses the direct forms of
+# reaching outside the experiment or tampering with the locked evaluation; `docs/reliability.md` lists what it leaves.
+FORBIDDEN_NAMES = frozenset(  # as a name, an attribute or an import: files, processes, network, secrets
     {
-        "open",
-        "exec",
-        "eval",
-        "compile",
-        "__import__",
-        "importlib",
-        "subprocess",
-        "socket",
-        "os",
-        "sys",
-        "shutil",
-        "pathlib",
-        "Path",
-        "environ",
-        "getattr",
-        "setattr",
-        "globals",
-        "locals",
-        "builtins",
-        "pickle",
-        "marshal",
-        "ctypes",
+        "os", "sys", "subprocess", "socket", "shutil", "pathlib", "Path", "importlib", "builtins", "environ",
+        "getenv", "putenv", "system", "popen", "spawn", "fork", "pickle", "marshal", "ctypes", "multiprocessing",
+        "distributed", "urllib", "requests", "http", "load", "save", "hub", "from_file", "cpp_extension",
+        "load_inline", "load_library", "pty", "signal", "resource", "threading", "tempfile", "io", "gc", "inspect",
     }
-)
+)  # fmt: skip
+FORBIDDEN_CALLS = frozenset(  # as a bare name only (torch.compile stays allowed)
+    {"open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "vars", "globals", "locals",
+     "breakpoint", "input", "memoryview"}
+)  # fmt: skip
+ALLOWED_IMPORTS = frozenset(  # modules a new import may name (the ones train.py already imports stay as they are)
+    {"math", "cmath", "random", "functools", "itertools", "collections", "dataclasses", "typing", "contextlib",
+     "enum", "abc", "numbers", "statistics", "heapq", "bisect", "copy", "warnings", "torch"}
+)  # fmt: skip
+ALLOWED_DUNDERS = frozenset({"__init__"})
+ALLOWED_PRIVATE = frozenset({"_dynamo", "_inductor"})  # torch's compiler settings
+# Attribute targets under these may be assigned (performance switches); any other module attribute may not.
+SETTABLE_MODULE_ATTRIBUTES = ("torch.backends.", "torch._dynamo.config.", "torch._inductor.config.")
 
 
 class EditError(ValueError):
@@ -115,37 +111,207 @@ def apply_edits(source: str, edits: list[dict[str, str]]) -> str:
     new = source
     for i, edit in enumerate(edits, 1):
         search, replace = edit.get("search", ""), edit.get("replace", "")
+        if not isinstance(search, str) or not isinstance(replace, str):
+            raise EditError(f"edit {i}: search and replace must be text")
         if not search:
             raise EditError(f"edit {i}: empty search text")
         count = new.count(search)
         if count != 1:
             raise EditError(f"edit {i}: the search text occurs {count} times in train.py (it must occur once)")
-        introduced = {n.id for n in _names(replace)} - {n.id for n in _names(search)}
-        bad = sorted(introduced & FORBIDDEN_NAMES)
-        if bad:
-            raise EditError(f"edit {i}: may not introduce {', '.join(bad)} (no files, processes, network or secrets)")
         new = new.replace(search, replace)
     try:
         new_tree = ast.parse(new)
     except SyntaxError as e:
         raise EditError(f"the edited train.py does not parse: {e.msg} (line {e.lineno})") from None
     old_tree = ast.parse(source)
+    problem = _introduced_problem(old_tree, new_tree)
+    if problem:
+        raise EditError(problem)
     if _locked_statements(new_tree) != _locked_statements(old_tree) or _locked_names(new_tree) != _locked_names(
         old_tree
     ):
         raise EditError("the edit changes the locked evaluation, data split, time budget or result reporting")
+    if _run_usage(new_tree, old_tree) != _run_usage(old_tree, old_tree):
+        raise EditError(
+            "the edit changes how train.py uses the run it is given (its clock, data or arguments): the time "
+            "budget, the data split and the evaluation are locked"
+        )
     if BLOCK_START not in new or BLOCK_END not in new:
         raise EditError("the edit removes a marker of the hyperparameter block")
     return new
 
 
-def _names(text: str) -> list[ast.Name]:
-    """Names in a code fragment; a fragment that does not parse on its own contributes its bare words."""
-    try:
-        return [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)]
-    except SyntaxError:
-        words = "".join(c if c.isalnum() or c == "_" else " " for c in text).split()
-        return [ast.Name(id=w) for w in words]
+def _introduced_problem(old: ast.Module, new: ast.Module) -> str | None:
+    """Why the names, imports or assignments the edit adds are refused, or None."""
+    added = _identifiers(new) - _identifiers(old)
+    bad = sorted(
+        {name for kind, name in added if name in FORBIDDEN_NAMES or (kind == "name" and name in FORBIDDEN_CALLS)}
+    )
+    if bad:
+        return f"the edit may not introduce {', '.join(bad)} (no files, processes, network or secrets)"
+    dunders = sorted({name for _, name in added if _dunder(name) and name not in ALLOWED_DUNDERS})
+    if dunders:
+        return f"the edit may not introduce {', '.join(dunders)} (no introspection)"
+    private = sorted({name for kind, name in added if kind == "private"})
+    if private:
+        return f"the edit may not reach private attributes {', '.join(private)} of other objects"
+    imports = sorted(m for m in _imported(new) - _imported(old) if m.split(".")[0] not in ALLOWED_IMPORTS)
+    if imports:
+        return f"the edit may not import {', '.join(imports)}; new imports: {', '.join(sorted(ALLOWED_IMPORTS))}"
+    patched = sorted((_module_targets(new) - _module_targets(old)).keys())
+    if patched:
+        return f"the edit may not replace attributes of imported modules: {', '.join(patched)} (no monkey-patching)"
+    return None
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+def _identifiers(tree: ast.Module) -> Counter[tuple[str, str]]:
+    """Every name, attribute and imported name, as (kind, identifier); kind "private" for a `_x` attribute reached
+    on anything but self/cls (or torch's compiler settings)."""
+    found: Counter[tuple[str, str]] = Counter()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found["name", node.id] += 1
+        elif isinstance(node, ast.Attribute):
+            found["attribute", node.attr] += 1
+            owner = node.value
+            if (
+                node.attr.startswith("_")
+                and not _dunder(node.attr)
+                and node.attr not in ALLOWED_PRIVATE
+                and not (isinstance(owner, ast.Name) and owner.id in ("self", "cls"))
+            ):
+                found["private", node.attr] += 1
+        elif isinstance(node, ast.alias):
+            for part in node.name.split("."):
+                found["import", part] += 1
+            if node.asname:
+                found["name", node.asname] += 1
+    return found
+
+
+def _imported(tree: ast.Module) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            modules.add("." * node.level + (node.module or ""))
+    return modules
+
+
+def _chain(node: ast.expr) -> tuple[ast.Name | None, str]:
+    """The root name and dotted text of an attribute/subscript/call chain: `F.x[0].y` -> (F, "F.x[].y")."""
+    parts: list[str] = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript):
+            parts.append("[]")
+            node = node.value
+        elif isinstance(node, ast.Call):
+            parts.append("()")
+            node = node.func
+        elif isinstance(node, ast.Name):
+            return node, ".".join([node.id, *reversed(parts)]).replace(".[]", "[]").replace(".()", "()")
+        else:
+            return None, ""
+
+
+def _module_aliases(tree: ast.Module) -> set[str]:
+    """Names bound to a module: by an import, or by assigning a chain that starts at one (`G = torch.nn`)."""
+    aliases = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    aliases |= {
+        a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name != "*"
+    }
+    return _propagate(tree, aliases, calls=False)
+
+
+def _propagate(tree: ast.Module, roots: set[str], *, calls: bool) -> set[str]:
+    """`roots` plus every name assigned a chain (attributes, subscripts, and calls when `calls`) rooted at one."""
+    roots = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                continue
+            value = node.value
+            if not calls and isinstance(value, ast.Call):
+                continue
+            root, _ = _chain(value)
+            if root is not None and root.id in roots and node.targets[0].id not in roots:
+                roots.add(node.targets[0].id)
+                changed = True
+    return roots
+
+
+def _module_targets(tree: ast.Module) -> Counter[str]:
+    """Assignment and deletion targets that are attributes or items of a module (monkey-patching)."""
+    aliases = _module_aliases(tree)
+    found: Counter[str] = Counter()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign | ast.For | ast.AsyncFor):
+            targets = [node.target]
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            targets = [node.optional_vars]
+        else:
+            continue
+        while targets:
+            target = targets.pop()
+            if isinstance(target, ast.Tuple | ast.List):
+                targets.extend(target.elts)
+            elif isinstance(target, ast.Starred):
+                targets.append(target.value)
+            elif isinstance(target, ast.Attribute | ast.Subscript):
+                root, dotted = _chain(target)
+                if root is not None and root.id in aliases and not dotted.startswith(SETTABLE_MODULE_ATTRIBUTES):
+                    found[dotted] += 1
+    return found
+
+
+def _run_roots(tree: ast.Module) -> set[str]:
+    """The run object train() is given (parameters annotated with a locked type) and what is taken from it by
+    attribute or call (`clock = run.clock`, `batches = run.data.batches(...)`)."""
+    locked = _locked_names(tree)
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            if {n.id for n in ast.walk(node.annotation) if isinstance(n, ast.Name)} & locked:
+                roots.add(node.arg)
+    return _propagate(tree, roots, calls=True)
+
+
+def _run_usage(tree: ast.Module, reference: ast.Module) -> Counter[str]:
+    """How `tree` uses the run and what it took from it (the roots found in `reference` and in `tree`): every chain
+    from a root with its context, every `with` block that uses one (the budget clock wraps the training step), and
+    the header of every loop or branch that tests one (the clock ends the loop)."""
+    roots = _run_roots(reference) | _run_roots(tree)
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def uses(node: ast.AST | None) -> bool:
+        return node is not None and any(isinstance(n, ast.Name) and n.id in roots for n in ast.walk(node))
+
+    found: Counter[str] = Counter()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in roots:
+            top: ast.expr = node
+            while isinstance(parent := parents.get(id(top)), ast.Attribute):
+                top = parent
+            found[f"chain {_chain(top)[1]} {type(getattr(top, 'ctx', ast.Load())).__name__}"] += 1
+        elif isinstance(node, ast.With) and any(uses(item) for item in node.items):
+            found[f"with {ast.dump(node)}"] += 1
+        elif isinstance(node, ast.While | ast.If) and uses(node.test):
+            found[f"test {ast.dump(node.test)}"] += 1
+        elif isinstance(node, ast.For) and uses(node.iter):
+            found[f"for {ast.dump(node.target)} {ast.dump(node.iter)}"] += 1
+    return found
 
 
 def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:

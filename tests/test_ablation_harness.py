@@ -1,0 +1,212 @@
+"""The ablation harness: a smoke ablation of every group, the same code path for every level, the paired seeds,
+resume after kill -9 without re-running a finished repeat, and the report regenerated from the ledger alone.
+
+Also a runner for the kill test: ``python tests/test_ablation_harness.py ROOT DELAY_S``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from support import SyntheticExecutor, change  # noqa: E402
+
+from ablation.collect import experiments  # noqa: E402
+from ablation.harness import GROUP_NAMES, Ablation, AblationSpec  # noqa: E402
+from ablation.report import write_report  # noqa: E402
+from nodes.ledger import Ledger  # noqa: E402
+from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM  # noqa: E402
+from nodes.scripted_model import ScriptedChatModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PROPOSALS = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02)]
+VALID_ADJUST = {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
+INVALID_ADJUST = {"strategy": "no such strategy"}
+DIAGNOSIS = {"bottleneck": "the search repeats itself", "evidence": "repeats", "ideas": ["tabu search"]}
+COMPOSITION = {"family": "tabu", "params": [{"name": "radius", "value": "0.1"}], "rationale": "r"}
+REFUSED_CODE = {
+    "name": "bad",
+    "rationale": "r",
+    "source": "NAME = 'bad'\nTARGET = 'propose'\nimport os\ndef propose(view):\n    return {}\n",
+}
+
+
+def scripted(adjust: dict[str, Any] = VALID_ADJUST, generate: dict[str, Any] = REFUSED_CODE):
+    """A chat model per run that answers by the node that asks (read from the system prompt)."""
+
+    def llm_for(_config: Any) -> ScriptedChatModel:
+        proposals = itertools.cycle(PROPOSALS)
+
+        def answer(messages: list) -> Any:
+            system = messages[0].content
+            return {
+                ADJUST_SYSTEM: adjust,
+                ANALYZE_SYSTEM: DIAGNOSIS,
+                COMPOSE_SYSTEM: COMPOSITION,
+                GENERATE_SYSTEM: generate,
+            }.get(system) or next(proposals)
+
+        return ScriptedChatModel(script=[answer], cycle=True)
+
+    return llm_for
+
+
+def quiet(_line: str) -> None:
+    return None
+
+
+def trajectory(run_dir: Path) -> list[tuple[Any, ...]]:
+    return [
+        (e["id"], json.dumps(e["params"], sort_keys=True), e["val_bpb"], e["status"], e["changes"])
+        for e in experiments(Ledger(run_dir))
+    ]
+
+
+def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
+    spec = AblationSpec(
+        groups=list(GROUP_NAMES),
+        repeats=2,
+        iterations=4,
+        segment=2,
+        budget_s=1.0,
+        noise_repeats=3,
+        confirm=1,
+        generate_mode="compose",
+    )
+    start = time.monotonic()
+    ablation = Ablation.open(tmp_path / "abl", spec)
+    assert ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    report = write_report(ablation.root)
+    elapsed = time.monotonic() - start
+    runs = ablation.manifest["runs"]
+    assert sorted(runs) == sorted(f"{g}-r{r:02d}" for g in GROUP_NAMES for r in range(2))
+    assert all(e["status"] == "done" and e["seed"] == e["repeat"] for e in runs.values())  # paired seeds
+    for rid in runs:
+        summary = json.loads((ablation.root / "runs" / rid / "summary.json").read_text())
+        assert summary["experiments"] == 5 and summary["baseline_bpb"] is not None
+        assert (ablation.root / "runs" / rid / "confirm" / "c00" / "outcome.json").exists()
+    figures = json.loads((report.parent / "figures.json").read_text())["analysis"]
+    assert list(figures["groups"]) == list(GROUP_NAMES) and figures["noise"]["n"] == 3
+    assert all("vs_A" in figures["groups"][g] for g in GROUP_NAMES if g != "A")
+    assert figures["groups"]["C"]["mechanisms"]["tabu"]["calls"] > 0  # the composed mechanism ran
+    assert figures["groups"]["B"]["llm"]["L1.5"]["calls"] > 0 and figures["groups"]["A"]["llm"]["L1.5"]["calls"] == 0
+    assert figures["groups"]["tpe"]["llm"]["L1"]["calls"] == 0
+    for png in ("running_best", "progress", "deltas", "mechanisms"):
+        assert (report.parent / f"{png}.png").stat().st_size > 10_000
+    text = report.read_text()
+    assert "| random | 2 |" in text and "Noise floor" in text
+    assert elapsed < 120, elapsed
+
+
+def test_every_level_goes_through_the_same_code_path(tmp_path) -> None:
+    """B whose Level-1.5 answers are all invalid, and C and D whose outer loop yields no valid mechanism, make
+    exactly the experiments A makes with the same seed: only the level differs, nothing else."""
+    spec = AblationSpec(
+        groups=["A", "B", "C", "D"],
+        repeats=1,
+        iterations=6,
+        segment=2,
+        budget_s=1.0,
+        noise_repeats=0,
+        generate_mode="generate",
+    )
+    ablation = Ablation.open(tmp_path / "abl", spec)
+    ablation.run(llm_for=scripted(adjust=INVALID_ADJUST), executor=SyntheticExecutor(), log=quiet)
+    runs = {g: ablation.root / "runs" / f"{g}-r00" for g in spec.groups}
+    reference = trajectory(runs["A"])
+    assert len(reference) == 7 and any(status == "keep" for *_, status, _ in reference[1:])
+    for group in ("B", "C", "D"):
+        assert trajectory(runs[group]) == reference, group
+    adjust = list(Ledger(runs["B"]).events("adjust"))
+    assert adjust and not any(e["applied"] for e in adjust)  # Level 1.5 acted, and changed nothing
+    refused = [e for e in Ledger(runs["C"]).events("validate") if not e["ok"]]
+    assert refused and not [e for e in Ledger(runs["C"]).events("inject") if e.get("injected")]
+
+
+def start_runner(root: Path, delay_s: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, __file__, str(root), str(delay_s)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def statuses(root: Path) -> dict[str, str]:
+    path = root / "ablation.json"
+    if not path.exists():
+        return {}
+    return {rid: e["status"] for rid, e in json.loads(path.read_text())["runs"].items()}
+
+
+def test_kill_9_mid_ablation_then_resume_never_reruns_a_finished_repeat(tmp_path) -> None:
+    root = tmp_path / "abl"
+    proc = start_runner(root, 0.1)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        s = statuses(root)
+        if list(s.values()).count("done") >= 2 and "running" in s.values():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = statuses(root)
+    finished = [rid for rid, status in before.items() if status == "done"]
+    interrupted = [rid for rid, status in before.items() if status == "running"]
+    assert len(finished) >= 2 and len(interrupted) <= 1, before  # (0 only if killed between two manifest writes)
+    traces = {rid: (root / "runs" / rid / "trace.jsonl").read_bytes() for rid in finished}
+    noise = {p: p.read_bytes() for p in (root / "noise").glob("*/outcome.json")}
+    resumed = start_runner(root, 0.0)
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    after = statuses(root)
+    assert len(after) == 6 and set(after.values()) == {"done"}
+    for rid in finished:  # not run again: not one event added to a finished run's ledger
+        assert (root / "runs" / rid / "trace.jsonl").read_bytes() == traces[rid], rid
+    assert {p: p.read_bytes() for p in (root / "noise").glob("*/outcome.json")} == noise
+    for rid in interrupted:  # every experiment of the interrupted run exactly once
+        assert sorted(e["id"] for e in Ledger(root / "runs" / rid).events("experiment")) == [
+            f"e{i:04d}" for i in range(5)
+        ]
+
+
+def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
+    spec = AblationSpec(groups=["A", "tpe"], repeats=2, iterations=3, segment=2, budget_s=1.0, noise_repeats=2)
+    ablation = Ablation.open(tmp_path / "abl", spec)
+    ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    first = write_report(ablation.root).read_text()
+    for path in (ablation.root / "report").iterdir():
+        path.unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "graphs.bilevel", "ablation", "report", str(ablation.root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (ablation.root / "report" / "report.md").read_text() == first
+    assert (ablation.root / "report" / "running_best.png").exists()
+
+
+def main() -> None:
+    root, delay = Path(sys.argv[1]), float(sys.argv[2])
+    spec = AblationSpec(groups=["A", "random"], repeats=3, iterations=4, segment=2, budget_s=1.0, noise_repeats=2)
+    ablation = Ablation.open(root, None if (root / "ablation.json").exists() else spec)
+    ablation.run(llm_for=scripted(), executor=SyntheticExecutor(delay), log=quiet)
+
+
+if __name__ == "__main__":
+    main()
