@@ -88,19 +88,66 @@ def _locked_names(tree: ast.Module) -> set[str]:
     return names
 
 
+def _uses(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _root(node: ast.AST) -> str | None:
+    """The name an attribute / call / subscript chain starts from: `run` for `run.data.batches(...)`."""
+    while isinstance(node, ast.Attribute | ast.Call | ast.Subscript):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _tainted_names(tree: ast.Module) -> set[str]:
+    """The locked names and the names that hold a part of them: a parameter annotated with a locked type
+    (`run: runtime.Run`) and a variable taken from one (`clock = run.clock`, `batches = run.data.batches(...)`).
+    Statements that use these names are the budget clock, the data split, evaluation and reporting."""
+    tainted = _locked_names(tree)
+    while True:
+        before = len(tainted)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg) and node.annotation is not None and _root(node.annotation) in tainted:
+                tainted.add(node.arg)
+            elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                if _root(node.value) in tainted:
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    tainted.update(n for t in targets for n in _uses(t))
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                if _root(node.context_expr) in tainted:
+                    tainted.update(_uses(node.optional_vars))
+        if len(tainted) == before:
+            return tainted
+
+
+def _headers(node: ast.stmt) -> list[ast.AST]:
+    """The parts of a compound statement that decide what runs (a loop's condition, a `with`'s context)."""
+    if isinstance(node, ast.While | ast.If):
+        return [node.test]
+    if isinstance(node, ast.For):
+        return [node.target, node.iter]
+    if isinstance(node, ast.With):
+        return [item.context_expr for item in node.items]
+    return []
+
+
 def _locked_statements(tree: ast.Module) -> Counter[str]:
-    """Every statement that imports or uses a locked name, as AST dumps (line numbers ignored)."""
-    locked = _locked_names(tree)
+    """Every statement, or compound statement's header, that imports or uses a locked or tainted name, as AST
+    dumps (line numbers ignored): an edit must leave this multiset unchanged."""
+    tainted = _tainted_names(tree)
     found: Counter[str] = Counter()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt) or isinstance(
-            node, ast.FunctionDef | ast.ClassDef | ast.If | ast.For | ast.While | ast.With | ast.Try
-        ):
+        if not isinstance(node, ast.stmt) or isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Try):
             continue
-        uses = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        is_import = isinstance(node, ast.Import | ast.ImportFrom) and _locked_names(ast.Module([node], [])) != set()
-        if is_import or uses & locked:
-            found[ast.dump(node)] += 1
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if _locked_names(ast.Module([node], [])):
+                found[ast.dump(node)] += 1
+            continue
+        headers = _headers(node)
+        parts = headers if headers or isinstance(node, ast.While | ast.If | ast.For | ast.With) else [node]
+        for part in parts:
+            if _uses(part) & tainted:
+                found[type(node).__name__ + ":" + ast.dump(part)] += 1
     return found
 
 

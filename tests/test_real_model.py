@@ -27,7 +27,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_two_iterations_of_the_inner_loop(tmp_path):
     run_dir = tmp_path / "inner"
-    done = run_cli("-m", "graphs.inner", "--iterations", "2", "--budget-s", "3", "--run-dir", str(run_dir))
+    done = run_cli(
+        "-m",
+        "graphs.inner",
+        "--iterations",
+        "2",
+        "--budget-s",
+        "3",
+        "--eval-tokens",
+        "16384",
+        "--run-dir",
+        str(run_dir),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ledger = Ledger(run_dir)
     experiments = [e for e in ledger.events("experiment")]
@@ -42,8 +53,20 @@ def test_two_iterations_of_the_inner_loop(tmp_path):
 
 def test_a_minimal_bilevel_run_one_segment_one_compose_cycle(tmp_path):
     run_dir = tmp_path / "bilevel"
-    done = run_cli("-m", "graphs.bilevel", "--iterations", "3", "--segment", "2", "--budget-s", "3",
-                   "--run-dir", str(run_dir))
+    done = run_cli(
+        "-m",
+        "graphs.bilevel",
+        "--iterations",
+        "3",
+        "--segment",
+        "2",
+        "--budget-s",
+        "3",
+        "--eval-tokens",
+        "16384",
+        "--run-dir",
+        str(run_dir),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert RunConfig.load(run_dir).level == "2"
     ledger = Ledger(run_dir)
