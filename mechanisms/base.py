@@ -34,7 +34,7 @@ BUILTIN_NAMES = ("llm_greedy", "tabu", "bandit", "doe", "annealing", "stagnation
 # (their modules declare MAX_CHANGES = None), started with --mechanism, never offered to the outer loop.
 BASELINE_NAMES = ("random_search", "tpe")
 ALL_BUILTIN_NAMES = BUILTIN_NAMES + BASELINE_NAMES
-PROPOSAL_KEYS = frozenset({"changes", "hypothesis", "expected_direction"})
+PROPOSAL_KEYS = frozenset({"changes", "hypothesis", "expected_direction", "edits"})
 DECISION_KEYS = frozenset({"keep", "reason"})
 
 AskLLM = Callable[[str, "Mapping[str, Any] | None"], dict[str, Any]]
@@ -160,6 +160,20 @@ def check_proposal(proposal: Any, view: MechanismView, max_changes: int | None =
             errors.append(f"proposal[{key!r}] must be a string")
     if "changes" not in proposal:
         return [*errors, "proposal has no 'changes'"]
+    edits = proposal.get("edits")
+    if edits:  # code mode: search/replace edits of train.py, checked by the trainer's guard before anything runs
+        if not (
+            isinstance(edits, list | tuple)
+            and all(
+                isinstance(e, Mapping)
+                and set(e) == {"search", "replace"}
+                and all(isinstance(v, str) for v in e.values())
+                for e in edits
+            )
+        ):
+            return [*errors, "proposal['edits'] must be a list of {'search': str, 'replace': str}"]
+        if not proposal["changes"]:
+            return errors
     return errors + view.check_changes(proposal["changes"], max_changes)
 
 

@@ -22,7 +22,7 @@ from nodes.structured import LLMFatalError
 
 # payload (JSON view), ask_llm(guidance, constraints) -> the node's output
 MechanismFn = Callable[[dict[str, Any], Callable[[str, Mapping[str, Any] | None], dict[str, Any]]], dict[str, Any]]
-PROPOSAL_FIELDS = ("changes", "hypothesis", "expected_direction")
+PROPOSAL_FIELDS = ("changes", "hypothesis", "expected_direction", "edits")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def run_mechanism(
                 "source": proposal["source"],
             }
         )
-        return {k: proposal[k] for k in PROPOSAL_FIELDS}
+        return {k: proposal[k] for k in PROPOSAL_FIELDS if k in proposal}
 
     payload = payload_for(state, ctx, mechanism, result)
     start = time.monotonic()

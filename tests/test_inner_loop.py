@@ -6,10 +6,13 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from support import SyntheticExecutor, change, config, synthetic_bpb
 
 from graphs.run import execute
 from graphs.runs import initial_inner_state, make_context
+from nodes.candidate import EditError, apply_edits
+from nodes.context import TRAIN_PATH
 from nodes.ledger import Ledger
 from nodes.llm_proposer import ask_llm
 from nodes.scripted_model import ScriptedChatModel
@@ -134,3 +137,46 @@ def test_a_batch_is_decided_in_id_order_and_each_call_sees_the_running_proposals
     # the second call of the first batch was shown the first proposal as running
     second_prompt = run_inner.llm.calls[1][-1].content  # type: ignore[attr-defined]
     assert "e0001 running" in second_prompt and "MATRIX_LR=0.2" in second_prompt
+
+
+def test_code_mode_refuses_edits_of_the_locked_parts_and_trains_the_others(tmp_path):
+    touch_clock = {
+        "edits": [{"search": "while not clock.done():", "replace": "while True:"}],
+        "hypothesis": "train for longer than the budget",
+        "expected_direction": "lower",
+    }
+    touch_data = {
+        "edits": [{"search": "run.args.seed)", "replace": "0)"}],
+        "hypothesis": "x",
+        "expected_direction": "lower",
+    }
+    reach_out = {
+        "edits": [{"search": "import math", "replace": "import math\nimport os"}],
+        "hypothesis": "x",
+        "expected_direction": "lower",
+    }
+    gelu = {
+        "edits": [
+            {
+                "search": "return self.down(F.relu(self.up(x)).square())",
+                "replace": "return self.down(F.gelu(self.up(x)))",
+            }
+        ],
+        "hypothesis": "GELU trains faster than ReLU^2 at this size",
+        "expected_direction": "lower",
+    }
+    with pytest.raises(EditError, match="locked evaluation, data split"):
+        apply_edits(TRAIN_PATH.read_text(), touch_data["edits"])
+    final, executor = run_inner(tmp_path, [touch_clock, reach_out, gelu], iterations=1, mode="code")
+    errors = [e["error"] for e in Ledger(tmp_path / "run").events("llm_call") if not e["ok"]]
+    assert len(errors) == 2
+    assert "locked evaluation, data split, time budget or result reporting" in errors[0]
+    assert "may not introduce os" in errors[1]
+    trained = final["experiments"][1]
+    assert trained["edits"] == gelu["edits"] and trained["status"] in ("keep", "discard")
+    source = (tmp_path / "run" / "experiments" / "e0001" / "train.py").read_text()
+    assert "F.gelu(self.up(x))" in source and "while not clock.done():" in source
+    assert (
+        "+        return self.down(F.gelu(self.up(x)))"
+        in (tmp_path / "run" / "experiments" / "e0001" / "diff.patch").read_text()
+    )

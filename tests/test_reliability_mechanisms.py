@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,12 +144,14 @@ CASES: dict[str, Hostile] = {
         "            cls.__init__.__globals__['system']('true')\n" + VALID,
         ("'__subclasses__'",), REFUSED,
     ),
-    "__globals__": Hostile("    view.ask_llm.__globals__['os'].system('true')\n" + VALID, ("'__globals__'",), REFUSED),
+    "__globals__": Hostile("    random.shuffle.__globals__['_os'].system('true')\n" + VALID, ("'__globals__'",),
+                           REFUSED),
     "frame objects": Hostile(
-        "    def gen():\n        yield 1\n    frame = gen().gi_frame.f_back\n"
+        "    try:\n        1 / 0\n    except ZeroDivisionError as error:\n"
+        "        frame = error.__traceback__.tb_frame\n"
         "    while frame is not None:\n        if 'os' in frame.f_globals:\n"
         "            frame.f_globals['os'].system('true')\n        frame = frame.f_back\n" + VALID,
-        ("'gi_frame' is forbidden",), REFUSED,
+        ("'f_back' is forbidden",), REFUSED,
     ),
     "code objects": Hostile(
         "    f = lambda: 0\n    g = type(f)(f.__code__.replace(co_name='x'), {{}})\n" + VALID,
@@ -208,13 +211,14 @@ CASES: dict[str, Hostile] = {
 
 
 def tree_hash(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
-    """Path -> sha256 of every file under `root` (project caches and `skip` left out)."""
+    """Path -> sha256 of every file under `root` (project caches and `skip` left out; a FIFO or device counts)."""
     found = {}
-    for path in sorted(root.rglob("*")):
-        if any(part in SKIPPED_DIRS for part in path.relative_to(root).parts) or path in skip:
-            continue
-        if path.is_file() or path.is_fifo():
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "fifo"
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+        for name in files:
+            path = Path(folder) / name
+            if path not in skip:
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "special"
     return found
 
 
