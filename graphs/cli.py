@@ -77,7 +77,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
     from graphs.run import GROUPS
 
     level = GROUPS[args.group] if bilevel and args.group else (args.level if bilevel else "1")
-    run_dir = args.run_dir or new_run_dir(args.runs_root, f"level{level.replace('+', '_')}")
+    run_dir = (args.run_dir or new_run_dir(args.runs_root, f"level{level.replace('+', '_')}")).resolve()
     return RunConfig(
         run_dir=str(run_dir),
         level=level,

@@ -144,14 +144,15 @@ class LocalExecutor:
         return run_in_threads(self, trials, settings, self.parallel)
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
-        train_py, result_json, log = trial.folder / "train.py", trial.folder / "result.json", trial.folder / "log.txt"
+        folder = trial.folder.resolve()  # the child runs in the folder: its paths must not be relative
+        train_py, result_json, log = folder / "train.py", folder / "result.json", folder / "log.txt"
         result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
         start = time.monotonic()
         with open(log, "w", encoding="utf-8") as out:
             proc = spawn_tied(
                 settings.command(train_py, result_json),
                 preexec=settings.limits(),
-                cwd=trial.folder,
+                cwd=folder,
                 env=trainer_env(settings.extra_env),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -69,7 +69,8 @@ CASES: dict[str, Hostile] = {
         stage="contract",
     ),
     "deep recursion past the C stack": Hostile(
-        "    random._os.sys.setrecursionlimit(10 ** 7)\n    return dive(0)", PRIVATE, ("crash", "memory", "entry"),
+        "    random._os.sys.setrecursionlimit(10 ** 7)\n    return dive(0)", PRIVATE,
+        ("crash", "memory", "timeout", "entry"),
         prelude="def dive(n):\n    return dive(n + 1)\n",
     ),
     "fork bomb": Hostile("    while True:\n        random._os.fork()", PRIVATE, REFUSED),
@@ -165,7 +166,7 @@ CASES: dict[str, Hostile] = {
         "    exec(bytes.fromhex('696d706f7274206f73').decode())\n" + VALID, ("'exec' is forbidden",), ("entry",),
     ),
     "decodes and execs with the real exec": Hostile(
-        GLOBALS + "    b['exec'](bytes.fromhex('696d706f7274206f730a6f732e73797374656d28277472756527'"
+        GLOBALS + "    b['exec'](bytes.fromhex('696d706f7274206f730a6f732e73797374656d2827747275652729'"
         ").decode())\n" + VALID,
         ("dunder attribute",), REFUSED,
     ),
