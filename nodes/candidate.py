@@ -178,11 +178,6 @@ def apply_edits(source: str, edits: list[dict[str, str]]) -> str:
         old_tree
     ):
         raise EditError("the edit changes the locked evaluation, data split, time budget or result reporting")
-    if _run_usage(new_tree, old_tree) != _run_usage(old_tree, old_tree):
-        raise EditError(
-            "the edit changes how train.py uses the run it is given (its clock, data or arguments): the time "
-            "budget, the data split and the evaluation are locked"
-        )
     if BLOCK_START not in new or BLOCK_END not in new:
         raise EditError("the edit removes a marker of the hyperparameter block")
     return new
@@ -275,26 +270,18 @@ def _module_aliases(tree: ast.Module) -> set[str]:
     aliases |= {
         a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name != "*"
     }
-    return _propagate(tree, aliases, calls=False)
-
-
-def _propagate(tree: ast.Module, roots: set[str], *, calls: bool) -> set[str]:
-    """`roots` plus every name assigned a chain (attributes, subscripts, and calls when `calls`) rooted at one."""
-    roots = set(roots)
     changed = True
-    while changed:
+    while changed:  # and every name assigned an attribute or item chain (not a call) rooted at one
         changed = False
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
                 continue
-            value = node.value
-            if not calls and isinstance(value, ast.Call):
-                continue
-            root, _ = _chain(value)
-            if root is not None and root.id in roots and node.targets[0].id not in roots:
-                roots.add(node.targets[0].id)
+            root, _ = _chain(node.value)
+            name = node.targets[0].id
+            if not isinstance(node.value, ast.Call) and root is not None and root.id in aliases and name not in aliases:
+                aliases.add(name)
                 changed = True
-    return roots
+    return aliases
 
 
 def _module_targets(tree: ast.Module) -> Counter[str]:
@@ -320,44 +307,6 @@ def _module_targets(tree: ast.Module) -> Counter[str]:
                 root, dotted = _chain(target)
                 if root is not None and root.id in aliases and not dotted.startswith(SETTABLE_MODULE_ATTRIBUTES):
                     found[dotted] += 1
-    return found
-
-
-def _run_roots(tree: ast.Module) -> set[str]:
-    """The run object train() is given (parameters annotated with a locked type) and what is taken from it by
-    attribute or call (`clock = run.clock`, `batches = run.data.batches(...)`)."""
-    locked = _locked_names(tree)
-    roots: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.arg) and node.annotation is not None:
-            if {n.id for n in ast.walk(node.annotation) if isinstance(n, ast.Name)} & locked:
-                roots.add(node.arg)
-    return _propagate(tree, roots, calls=True)
-
-
-def _run_usage(tree: ast.Module, reference: ast.Module) -> Counter[str]:
-    """How `tree` uses the run and what it took from it (the roots found in `reference` and in `tree`): every chain
-    from a root with its context, every `with` block that uses one (the budget clock wraps the training step), and
-    the header of every loop or branch that tests one (the clock ends the loop)."""
-    roots = _run_roots(reference) | _run_roots(tree)
-    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-
-    def uses(node: ast.AST | None) -> bool:
-        return node is not None and any(isinstance(n, ast.Name) and n.id in roots for n in ast.walk(node))
-
-    found: Counter[str] = Counter()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id in roots:
-            top: ast.expr = node
-            while isinstance(parent := parents.get(id(top)), ast.Attribute):
-                top = parent
-            found[f"chain {_chain(top)[1]} {type(getattr(top, 'ctx', ast.Load())).__name__}"] += 1
-        elif isinstance(node, ast.With) and any(uses(item) for item in node.items):
-            found[f"with {ast.dump(node)}"] += 1
-        elif isinstance(node, ast.While | ast.If) and uses(node.test):
-            found[f"test {ast.dump(node.test)}"] += 1
-        elif isinstance(node, ast.For) and uses(node.iter):
-            found[f"for {ast.dump(node.target)} {ast.dump(node.iter)}"] += 1
     return found
 
 

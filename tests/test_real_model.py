@@ -3,6 +3,7 @@ by CI all the same."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
-def servers_running() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", "llama_cpp.server"], capture_output=True, text=True).stdout
-    return [line for line in found.splitlines() if "pgrep" not in line]
+def server_left(run_dir: Path) -> list[str]:
+    """The run's own model server processes still alive (other runs may have servers of their own)."""
+    port = re.search(r"127\.0\.0\.1:(\d+)", (run_dir / "llm_server.log").read_text()).group(1)
+    found = subprocess.run(["pgrep", "-af", f"llama_cpp.server.*--port {port}"], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -48,7 +51,7 @@ def test_two_iterations_of_the_inner_loop(tmp_path):
     assert calls and all(c["model"] and c["latency_s"] > 0 for c in calls)
     assert all(e["proposal_source"] in ("llm", "fallback") for e in experiments[1:])
     assert (run_dir / "results.tsv").read_text().count("\n") == 4
-    assert servers_running() == []
+    assert server_left(run_dir) == []
 
 
 def test_a_minimal_bilevel_run_one_segment_one_compose_cycle(tmp_path):
@@ -81,4 +84,4 @@ def test_a_minimal_bilevel_run_one_segment_one_compose_cycle(tmp_path):
     assert len(list(ledger.events("experiment"))) == 4
     assert "run folder" in done.stdout
     assert (run_dir / "report.md").exists() and (run_dir / "progress.png").exists()
-    assert servers_running() == []
+    assert server_left(run_dir) == []

@@ -80,7 +80,7 @@ CASES: dict[str, Hostile] = {
         ("timeout", "cpu"), ("timeout", "cpu"), prelude="import numpy as np", stage="contract",
     ),
     "answers slower than its limit": Hostile(
-        "    n = 0\n    for i in range(40_000_000):\n        n += 1\n" + VALID,
+        "    n = 0\n    for i in range(30_000_000):\n        n += 1\n" + VALID,
         ("timeout", "took"), ("timeout",), stage="contract",
     ),
     # --- files anywhere ---
