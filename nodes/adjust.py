@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
@@ -14,7 +13,7 @@ from nodes.context import OuterContext
 from nodes.prompts import ADJUST_SYSTEM, ADJUST_USER
 from nodes.segment_stats import parameter_stats
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted, ask_structured
+from nodes.structured import LLMBudgetExhausted
 
 
 def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:
@@ -62,21 +61,12 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
         n=len(inner.get("experiments", [])),
         progress=segments[-1]["progress"] if segments else "n/a",
     )
-    ctx.inner.llm_level = "L1.5"
     try:
-        answer = ask_structured(
-            ctx.inner.llm,
-            adjustment_schema(free),
-            [SystemMessage(ADJUST_SYSTEM), HumanMessage(prompt)],
-            node="adjust",
-            level="L1.5",
-            budget=ctx.inner.budget,
-            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+        answer = ctx.inner.ask(
+            adjustment_schema(free), ADJUST_SYSTEM, prompt, node="adjust", level="L1.5", cycle=state.get("cycle", 0)
         )
     except LLMBudgetExhausted as e:
         return {"stop_reason": str(e)}
-    finally:
-        ctx.inner.llm_level = "L1"
     if answer.value is None:
         ctx.inner.ledger.event(
             "adjust",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
@@ -17,7 +16,7 @@ from nodes.mechanism_loader import mechanism_source
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER
 from nodes.segment_stats import parameter_stats, repeated_proposals
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted, ask_structured
+from nodes.structured import LLMBudgetExhausted
 
 
 class Diagnosis(BaseModel):
@@ -81,14 +80,8 @@ def analyze(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
         history=format_history(experiments),
     )
     try:
-        answer = ask_structured(
-            ctx.inner.llm,
-            Diagnosis,
-            [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)],
-            node="analyze",
-            level="L2",
-            budget=ctx.inner.budget,
-            record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+        answer = ctx.inner.ask(
+            Diagnosis, ANALYZE_SYSTEM, prompt, node="analyze", level="L2", cycle=state.get("cycle", 0)
         )
     except LLMBudgetExhausted as e:
         return {"stop_reason": str(e)}

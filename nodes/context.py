@@ -7,15 +7,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import BaseModel
 from rich.console import Console
 
 from mechanisms.space import SearchSpace
 from nodes.ledger import Ledger
-from nodes.structured import LLMBudget
+from nodes.structured import LLMBudget, StructuredAnswer, ask_structured
 from nodes.trainer import REPO_ROOT, Executor, LocalExecutor, TrainerSettings
 
+T = TypeVar("T", bound=BaseModel)
 EVALUATOR_PATH = REPO_ROOT / "gpt" / "evaluate.py"
 TRAIN_PATH = REPO_ROOT / "gpt" / "train.py"
 
@@ -50,6 +53,34 @@ class InnerContext:
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
+
+    def ask(
+        self,
+        schema: type[T],
+        system: str,
+        prompt: str,
+        *,
+        node: str,
+        level: str | None = None,
+        check: Callable[[T], str | None] | None = None,
+        **trace_fields: Any,
+    ) -> StructuredAnswer[T]:
+        """A validated structured answer of this run's LLM, every attempt recorded in the trace (with
+        `trace_fields`) and charged to the run's budget."""
+
+        def record(entry: dict[str, Any]) -> None:
+            self.ledger.event(entry.pop("event", "llm_call"), **trace_fields, **entry)
+
+        return ask_structured(
+            self.llm,
+            schema,
+            [SystemMessage(system), HumanMessage(prompt)],
+            node=node,
+            level=level or self.llm_level,
+            budget=self.budget,
+            record=record,
+            check=check,
+        )
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import re
 from typing import Any, Literal
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
@@ -20,7 +19,7 @@ from nodes.mechanism_calls import mechanism_record
 from nodes.mechanism_loader import builtin_catalogue, builtin_source, coerce_builtin_params, mechanism_source
 from nodes.prompts import COMPOSE_SYSTEM, COMPOSE_USER, GENERATE_SYSTEM, GENERATE_USER
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted, ask_structured
+from nodes.structured import LLMBudgetExhausted
 
 
 class Setting(BaseModel):
@@ -74,15 +73,14 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
             return str(e)
         return None
 
-    answer = ask_structured(
-        ctx.inner.llm,
+    answer = ctx.inner.ask(
         composition_schema(families),
-        [SystemMessage(COMPOSE_SYSTEM), HumanMessage(prompt)],
+        COMPOSE_SYSTEM,
+        prompt,
         node="generate",
         level="L2",
-        budget=ctx.inner.budget,
-        record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
         check=check,
+        cycle=state.get("cycle", 0),
     )
     if answer.value is None:
         # Recorded fallback: the family the diagnosis' own figures point to, with its default parameters.
@@ -136,14 +134,8 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         source=mechanism_source(state["active"], ctx.inner.ledger.root),
         repair=repair,
     )
-    answer = ask_structured(
-        ctx.inner.llm,
-        GeneratedMechanism,
-        [SystemMessage(GENERATE_SYSTEM), HumanMessage(prompt)],
-        node="generate",
-        level="L2",
-        budget=ctx.inner.budget,
-        record=lambda e: ctx.inner.ledger.event(e.pop("event"), **e),
+    answer = ctx.inner.ask(
+        GeneratedMechanism, GENERATE_SYSTEM, prompt, node="generate", level="L2", cycle=state.get("cycle", 0)
     )
     if answer.value is None:
         ctx.inner.ledger.event(

@@ -3,11 +3,9 @@ and a recorded fallback when the model cannot give a valid one. This is what `vi
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Annotated, Any, Literal, Union
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, create_model
 
 from mechanisms.space import Param, SearchSpace
@@ -15,7 +13,6 @@ from nodes.candidate import EditError, apply_edits
 from nodes.context import InnerContext
 from nodes.prompts import CODE_SYSTEM, CODE_USER, PROPOSE_SYSTEM, PROPOSE_USER
 from nodes.state import InnerState
-from nodes.structured import ask_structured
 
 HISTORY_SHOWN = 10
 # No string field of a schema carries maxLength: llama.cpp compiles it into one grammar rule per character and
@@ -134,15 +131,13 @@ def ask_llm(
         parsed["changes"] = changes
         return None
 
-    answer = ask_structured(
-        ctx.llm,
+    answer = ctx.ask(
         proposal_schema(ctx.space, names),
-        [SystemMessage(PROPOSE_SYSTEM), HumanMessage(prompt)],
+        PROPOSE_SYSTEM,
+        prompt,
         node=caller,
-        level=ctx.llm_level,
-        budget=ctx.budget,
-        record=_recorder(ctx, state),
         check=check,
+        iteration=state.get("iteration", 0),
     )
     if answer.fallback or answer.value is None:
         return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid answer", names)
@@ -175,16 +170,7 @@ def _ask_code(state: InnerState, ctx: InnerContext, guidance: str, caller: str) 
             return str(e)
         return None
 
-    answer = ask_structured(
-        ctx.llm,
-        CodeProposal,
-        [SystemMessage(CODE_SYSTEM), HumanMessage(prompt)],
-        node=caller,
-        level=ctx.llm_level,
-        budget=ctx.budget,
-        record=_recorder(ctx, state),
-        check=check,
-    )
+    answer = ctx.ask(CodeProposal, CODE_SYSTEM, prompt, node=caller, check=check, iteration=state.get("iteration", 0))
     if answer.fallback or answer.value is None:
         names = allowed_names(ctx.space, list(state.get("settings", {}).get("frozen", [])), None)
         return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid edit", names)
@@ -221,24 +207,3 @@ def fallback_proposal(state: InnerState, ctx: InnerContext, why: str, names: lis
         "attempts": 0,
         "rejected": [why],
     }
-
-
-def _recorder(ctx: InnerContext, state: InnerState):  # type: ignore[no-untyped-def]
-    iteration = state.get("iteration", 0)
-
-    def record(entry: dict[str, Any]) -> None:
-        ctx.ledger.event(
-            entry.pop("event", "llm_call"),
-            iteration=iteration,
-            **{k: (v if _jsonable(v) else str(v)) for k, v in entry.items()},
-        )
-
-    return record
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
