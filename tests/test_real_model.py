@@ -13,7 +13,7 @@ import pytest
 from graphs.runs import RunConfig
 from nodes.ledger import Ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parent.parent
 
 
