@@ -37,6 +37,7 @@ def main_sample(argv: list[str]) -> int:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--work-dir", type=Path, default=Path("runs/surrogate-sampling"))
     ap.add_argument("--memory-gb", type=float, default=6.0, help="a trial allocating more crashes (RLIMIT_DATA)")
+    ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training (default: the trainer's)")
     ap.add_argument(
         "--pause-while",
         metavar="PATTERN",
@@ -44,8 +45,7 @@ def main_sample(argv: list[str]) -> int:
         "process (e.g. gpt.bench: another engineer's timing benchmark)",
     )
     args = ap.parse_args(argv)
-    cap = int(args.memory_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, resource.getrlimit(resource.RLIMIT_DATA)[1]))  # children inherit
+    cap_memory(args.memory_gb)
     rows = collect(
         args.csv,
         args.work_dir,
@@ -53,11 +53,20 @@ def main_sample(argv: list[str]) -> int:
         args.replicates,
         args.budget_s,
         args.seed,
+        kill_after_s=args.kill_after_s,
+        memory_gb=args.memory_gb,
         log=console.print,
         before_each=lambda: wait_while(args.pause_while),
     )
     console.print(f"{len(rows)} samples in {args.csv}")
     return 0
+
+
+def cap_memory(gb: float | None) -> None:
+    """Cap this process's data segment; the trainings it starts inherit the cap and crash above it (out of memory)
+    instead of pushing a shared machine into its OOM killer."""
+    if gb is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (int(gb * 2**30), resource.getrlimit(resource.RLIMIT_DATA)[1]))
 
 
 def ancestors() -> set[int]:
@@ -100,6 +109,7 @@ def add_run_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--corpus", default="shakespeare")
     ap.add_argument("--generate-mode", choices=["auto", "compose", "generate"], default="auto")
     ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training")
+    ap.add_argument("--memory-gb", type=float, help="memory cap of every training (RLIMIT_DATA), as in `sample`")
 
 
 def main_run(argv: list[str]) -> int:
@@ -126,12 +136,14 @@ def main_run(argv: list[str]) -> int:
         max_llm_calls=args.max_llm_calls,
         generate_mode=args.generate_mode,
         kill_after_s=args.kill_after_s,
+        memory_gb=args.memory_gb,
     )
     out = args.out or new_run_dir(Path("runs"), "ablation")
     return finish(Ablation.open(out, spec), args.stop_after_s)
 
 
 def finish(ablation: Ablation, stop_after_s: float | None) -> int:
+    cap_memory(ablation.spec.memory_gb)
     console.print(
         f"ablation folder [bold]{ablation.root}[/]: {', '.join(ablation.spec.groups)} x "
         f"{ablation.spec.repeats} repeats, trainer {ablation.spec.executor}"

@@ -71,6 +71,7 @@ class AblationSpec:
     max_llm_calls: int | None = None
     generate_mode: str = "auto"
     kill_after_s: float | None = None
+    memory_gb: float | None = None  # memory cap of the trainings (applied by the CLI to its own process)
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in GROUP_NAMES]

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,7 +34,17 @@ from nodes.trainer import Executor, LocalExecutor, TrainerSettings, Trial
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "data" / "surrogate_samples.csv"
 RESULT_FIELDS = ("returncode", "error", "val_bpb", "training_seconds", "num_steps", "peak_memory_mb", "wall_seconds")
-META_FIELDS = ("point", "design", "seed", "budget_s", "evaluator_sha256", "split_sha256")
+META_FIELDS = (
+    "point",
+    "design",
+    "seed",
+    "budget_s",
+    "timeout_s",
+    "memory_gb",
+    "load_avg",
+    "evaluator_sha256",
+    "split_sha256",
+)
 
 
 def from_unit(p: Param, u: float) -> Any:
@@ -130,13 +141,22 @@ def _looks_like_json(text: str) -> bool:
     return True
 
 
-def sample_row(point: Mapping[str, Any], outcome: Mapping[str, Any], settings: TrainerSettings) -> dict[str, Any]:
+def sample_row(
+    point: Mapping[str, Any],
+    outcome: Mapping[str, Any],
+    settings: TrainerSettings,
+    load_avg: float | None = None,
+    memory_gb: float | None = None,
+) -> dict[str, Any]:
     result = outcome.get("result", {}) if outcome.get("ok") else {}
     return {
         "point": point["point"],
         "design": point["design"],
         "seed": point["seed"],
         "budget_s": settings.budget_s,
+        "timeout_s": settings.timeout_s,
+        "memory_gb": memory_gb,
+        "load_avg": load_avg,
         "evaluator_sha256": result.get("evaluator_sha256"),
         "split_sha256": result.get("split_sha256"),
         **point["params"],
@@ -167,11 +187,13 @@ def collect(
     seed: int = 0,
     executor: Executor | None = None,
     kill_after_s: float | None = None,
+    memory_gb: float | None = None,
     log: Callable[[str], None] = print,
     before_each: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """Train every planned point not yet in ``csv_path`` and append it; returns all rows. ``before_each`` runs
-    before every training (the CLI waits there while another engineer's benchmark runs)."""
+    """Train every planned point not yet in ``csv_path`` and append it; returns all rows. ``memory_gb`` is the
+    memory cap the caller set (recorded only); ``before_each`` runs before every training (the CLI waits there while
+    another engineer's benchmark runs)."""
     source = TRAIN_PATH.read_text()
     space = SearchSpace.from_train_source(source)
     rows = read_samples(csv_path)
@@ -185,9 +207,9 @@ def collect(
         folder = Path(work_dir).resolve() / point["point"]
         before_each()
         write_atomic(folder / "train.py", rewrite_constants(source, point["params"]))
-        start = time.monotonic()
+        start, load = time.monotonic(), round(os.getloadavg()[0], 2)  # the machine may be shared: keep its load
         outcome = executor.run(Trial(point["point"], folder), settings)
-        rows.append(sample_row(point, outcome, settings))
+        rows.append(sample_row(point, outcome, settings, load, memory_gb))
         write_samples(csv_path, rows, space.names)
         bpb = outcome.get("result", {}).get("val_bpb") if outcome.get("ok") else None
         shown = f"val_bpb {bpb:.4f}" if isinstance(bpb, float) and math.isfinite(bpb) else outcome.get("error")

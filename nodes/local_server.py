@@ -142,9 +142,15 @@ class LocalModelServer:
             return True
 
     def restart(self) -> None:
+        """Stop what is left of the server and start it again; the log says so, with the exit code it died with."""
         with self._lock:
+            code = self._process.poll() if self._process is not None else None
             self.close()
             self.restarts += 1
+            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(
+                    f"\n--- bilevel: restarting the LLM server (restart {self.restarts}; it had exited: {code})\n"
+                )
             self.start()
 
     def close(self) -> None:

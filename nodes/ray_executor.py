@@ -27,6 +27,7 @@ Faults:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -53,6 +54,8 @@ NAMESPACE = "bilevel-autoresearch"
 # Never shipped to the workers (on top of what .gitignore already leaves out).
 RUNTIME_ENV_EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"]
 PR_SET_PDEATHSIG = 1
+# loaded here, not in the forked child (no dynamic loading between fork and exec in a multi-threaded worker)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 LANDED = "executor_outcome.json"  # in the experiment folder: a finished trial, kept across a lost driver
 
 
@@ -66,8 +69,8 @@ def _bind_to_parent(parent_pid: int) -> Callable[[], None]:
     """A `preexec_fn`: the child gets SIGKILL when the process that started it dies (Linux; elsewhere a no-op)."""
 
     def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
             if os.getppid() != parent_pid:  # the parent died before the binding took effect
                 os._exit(1)
 
@@ -99,7 +102,8 @@ def run_trial_here(experiment_id: str, source: str, settings: TrainerSettings) -
                 code = proc.wait(timeout=settings.timeout_s)
                 timed_out = False
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 code, timed_out = proc.wait(), True
         outcome = read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
         return {

@@ -39,7 +39,7 @@ from nodes.context import TRAIN_PATH  # noqa: E402
 from nodes.trainer import LocalExecutor, TrainerSettings, Trial  # noqa: E402
 
 pytestmark = pytest.mark.slow
-RAY = Path(sys.executable).parent / "ray"
+RAY = Path(sys.executable).parent / "ray" if (Path(sys.executable).parent / "ray").exists() else Path("ray")
 BEGIN, END = "# ---- hyperparameters: the inner loop edits this block ----", "# ---- end of hyperparameters ----"
 SCRIPT = [
     change("MATRIX_LR", 0.08),
@@ -133,8 +133,8 @@ def cluster() -> Iterator[str]:
     ]
     for flag in ports:
         cmd += [flag, str(free_port())]
-    log = open(temp / "ray-start.log", "w+")  # noqa: SIM115
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(temp / "ray-start.log", "w") as log:
+        head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -148,7 +148,7 @@ def cluster() -> Iterator[str]:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        head.terminate()  # `ray start --block` stops the processes it started, then exits
+        head.terminate()  # SIGTERM to `ray start --block`, then SIGKILL to what is left of its process group
         try:
             head.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -158,7 +158,6 @@ def cluster() -> Iterator[str]:
         except ProcessLookupError:
             pass
         head.wait()
-        log.close()
         shutil.rmtree(temp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
@@ -166,6 +165,27 @@ def cluster() -> Iterator[str]:
             else:
                 os.environ[key] = value
         reset_auth_token_state()
+
+
+def test_the_command_line_chooses_the_executor(tmp_path):
+    import argparse
+
+    from graphs.cli import add_run_flags, config_from
+    from graphs.run import executor_for
+    from graphs.runs import RunConfig
+    from nodes.ray_executor import RayExecutor
+
+    ap = argparse.ArgumentParser()
+    add_run_flags(ap, bilevel=True)
+    flags = ["--run-dir", str(tmp_path / "run"), "--executor", "ray", "--ray-address", "auto", "--parallel", "3"]
+    cfg = config_from(ap.parse_args(flags), bilevel=True)
+    cfg.save()
+    cfg = RunConfig.load(tmp_path / "run")  # what `resume` reads back
+    assert (cfg.executor, cfg.ray_address, cfg.parallel) == ("ray", "auto", 3)
+    ray_executor = executor_for(cfg)
+    assert isinstance(ray_executor, RayExecutor) and ray_executor.address == "auto" and ray_executor.parallel == 3
+    local = executor_for(config_from(ap.parse_args(["--run-dir", str(tmp_path / "other")]), bilevel=True))
+    assert isinstance(local, LocalExecutor) and local.parallel == 1
 
 
 def make_trials(root: Path, sources: list[str]) -> list[Trial]:
@@ -262,6 +282,19 @@ def test_a_killed_worker_is_retried_once_then_the_trial_is_a_crash(cluster, tmp_
         assert "ray worker lost" in (trials[0].folder / "log.txt").read_text()
     for pid, _ in killed:  # the killed workers' trials died with them: no orphan keeps training
         wait_until(lambda pid=pid: not alive(pid), 10, f"the orphaned trial {pid} to die")
+
+
+def test_the_hard_timeout_is_enforced_on_the_worker(cluster, tmp_path):
+    from nodes.ray_executor import RayExecutor
+
+    attempts = tmp_path / "attempts.txt"
+    trials = make_trials(tmp_path / "experiments", [fake_train(attempts, sleep_s=30.0)])
+    start = time.monotonic()
+    outcome = RayExecutor(cluster).run(trials[0], TrainerSettings(budget_s=1.0, kill_after_s=1.0))
+    assert time.monotonic() - start < 20
+    assert not outcome["ok"] and "killed after the 1 s timeout" in outcome["error"], outcome
+    assert len(attempts_of(attempts)) == 1  # a timeout is the trial's outcome, not a lost worker: no retry
+    wait_until(lambda: not alive(attempts_of(attempts)[0][0]), 10, "the timed-out trial to be killed")
 
 
 def run_with(executor: Any, run_dir: Path, tmp_path: Path, batch: int) -> dict[str, Any]:
