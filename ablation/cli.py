@@ -110,6 +110,7 @@ def add_run_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--generate-mode", choices=["auto", "compose", "generate"], default="auto")
     ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training")
     ap.add_argument("--memory-gb", type=float, help="memory cap of every training (RLIMIT_DATA), as in `sample`")
+    ap.add_argument("--llm-threads", type=int, help="threads of the embedded model's server (default: its own)")
 
 
 def main_run(argv: list[str]) -> int:
@@ -137,6 +138,7 @@ def main_run(argv: list[str]) -> int:
         generate_mode=args.generate_mode,
         kill_after_s=args.kill_after_s,
         memory_gb=args.memory_gb,
+        llm_threads=args.llm_threads,
     )
     out = args.out or new_run_dir(Path("runs"), "ablation")
     return finish(Ablation.open(out, spec), args.stop_after_s)

@@ -24,7 +24,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from mechanisms.space import SearchSpace
 from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
 from nodes.ledger import write_atomic, write_json_atomic
-from nodes.llm import LLMSettings, open_chat_model
+from nodes.llm import EMBEDDED_MAX_TOKENS, LLMSettings, ServerWatchdog, open_chat_model
+from nodes.local_server import MODEL_ALIAS, LocalModelServer
 from nodes.train import read_outcome_file
 from nodes.trainer import Executor, TrainerSettings, Trial
 
@@ -72,6 +73,7 @@ class AblationSpec:
     generate_mode: str = "auto"
     kill_after_s: float | None = None
     memory_gb: float | None = None  # memory cap of the trainings (applied by the CLI to its own process)
+    llm_threads: int | None = None  # the embedded model's server threads (None: its default)
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in GROUP_NAMES]
@@ -251,10 +253,27 @@ class Ablation:
             yield llm_for
             return
         settings = LLMSettings.resolve(model=self.spec.model, base_url=self.spec.base_url)
-        with open_chat_model(settings, server_log=self.root / "llm_server.log") as (llm, description):
+        with ExitStack() as stack:
+            if settings.embedded and self.spec.llm_threads is not None:
+                llm, description = stack.enter_context(embedded_model(self.spec.llm_threads, self.root))
+            else:
+                llm, description = stack.enter_context(
+                    open_chat_model(settings, server_log=self.root / "llm_server.log")
+                )
             self.manifest["llm"] = description
             self.save()
             yield lambda config: with_seed(llm, config.seed)
+
+
+@contextmanager
+def embedded_model(threads: int, root: Path) -> Iterator[tuple[BaseChatModel, str]]:
+    """The embedded model on a server with ``threads`` threads, with the embedded client's settings (answer cap,
+    restart watchdog). On a loaded 2-core machine llama.cpp's two spinning threads can be many times slower than one."""
+    with LocalModelServer(n_threads=threads, log_path=root / "llm_server.log") as server:
+        settings = LLMSettings.resolve(model=MODEL_ALIAS, base_url=server.base_url, max_tokens=EMBEDDED_MAX_TOKENS)
+        with open_chat_model(settings) as (llm, _):
+            watched = llm.model_copy(update={"callbacks": [ServerWatchdog(server)]})
+            yield watched, f"embedded {MODEL_ALIAS} ({server.model_path.name}), n_threads {threads}"
 
 
 def with_seed(llm: BaseChatModel, seed: int) -> BaseChatModel:

@@ -100,9 +100,19 @@ PRELOAD_EXTRA = {"numpy": ("numpy.random", "numpy.linalg")}
 # Functions that reach outside the process without raising an audit event, removed before the mechanism runs: files
 # created anywhere (mkfifo, mknod), signals to other processes (pidfd), the host clock, scheduling priority, and the
 # `_imp` entry points that would build a fresh, unstripped copy of a built-in module (`_imp.create_builtin("posix")`).
+OS_UNAUDITED = (
+    "mkfifo",
+    "mknod",
+    "pidfd_open",
+    "nice",
+    "setpriority",
+    "sched_setscheduler",
+    "sched_setparam",
+    "chroot",
+)
 UNAUDITED = {
-    "posix": ("mkfifo", "mknod", "pidfd_open", "nice", "setpriority", "sched_setscheduler", "sched_setparam", "chroot"),
-    "os": ("mkfifo", "mknod", "pidfd_open", "nice", "setpriority", "sched_setscheduler", "sched_setparam", "chroot"),
+    "posix": OS_UNAUDITED,
+    "os": OS_UNAUDITED,  # `os` holds its own references to the posix functions
     "_signal": ("pidfd_send_signal",),
     "time": ("clock_settime", "clock_settime_ns"),
     "_imp": ("create_builtin", "create_dynamic", "exec_builtin", "exec_dynamic", "init_frozen"),

@@ -2,7 +2,8 @@
 
 The server runs in its own process group and is stopped (SIGTERM to the group, SIGKILL after a grace period) by
 `close()`, by the context manager, at interpreter exit, and when the parent receives SIGTERM or SIGINT. On Linux
-it also gets `PR_SET_PDEATHSIG`, so it dies with the parent even after a kill -9.
+it also gets `PR_SET_PDEATHSIG`, so it dies with the parent even after a kill -9. `spawn_tied` starts a child
+that way; the trainer's executor uses it too.
 """
 
 from __future__ import annotations

@@ -167,7 +167,6 @@ class RayExecutor:
                 address=self.address,
                 runtime_env=runtime_env,
                 namespace=NAMESPACE,
-                log_to_driver=False,
                 logging_level=logging.WARNING,
             )
         except ConnectionError as e:

@@ -130,45 +130,45 @@ def landed(before: list[str], after: list[str]) -> str:
     return after[-1] if len(after) > len(before) else "(no event yet)"
 
 
-def leftovers(run_dir: Path, servers_before: set[int]) -> list[str]:
-    """Processes a killed run left behind: anything naming the run folder, and model servers started since."""
-    found = []
+def ancestors() -> set[int]:
+    """This process and the ones above it (a `timeout` wrapper names the run folder too)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int((Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Live processes of the run: naming its folder, working in it, or writing to a file in it (the model server
+    logs to run_dir/llm_server.log, a trainer works in its experiment's folder)."""
+    found, mine, root = [], ancestors(), str(run_dir)
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            places = [os.readlink(entry / "cwd"), *(os.readlink(entry / "fd" / fd) for fd in ("1", "2"))]
+        except (OSError, IndexError):
             continue
-        if state in ("Z", "X") or int(entry.name) == os.getpid():
-            continue
-        if str(run_dir) in cmdline or ("llama_cpp.server" in cmdline and int(entry.name) not in servers_before):
+        if state not in ("Z", "X") and (root in cmdline or any(p.startswith(root) for p in places)):
             found.append(f"{entry.name}: {cmdline[:120]}")
     return found
 
 
-def model_servers() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"llama_cpp.server" in (entry / "cmdline").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def wait_gone(run_dir: Path, servers_before: set[int], timeout_s: float = 15.0) -> list[str]:
+def wait_gone(run_dir: Path, timeout_s: float = 15.0) -> list[str]:
     deadline = time.monotonic() + timeout_s
-    while (left := leftovers(run_dir, servers_before)) and time.monotonic() < deadline:
+    while (left := leftovers(run_dir)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
 
 def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    servers_before = model_servers()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     kills: list[str] = []
     starts = 0
@@ -191,13 +191,13 @@ def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
         kills.append(where)
-        orphans += wait_gone(run_dir, servers_before)
+        orphans += wait_gone(run_dir)
     final = subprocess.run(
         run_command(args, run_dir), cwd=ROOT, env=env, capture_output=True, timeout=args.final_timeout_s
     )
     if final.returncode != 0:
         raise RuntimeError(f"the final resume failed (exit {final.returncode}):\n{final.stderr.decode()[-3000:]}")
-    orphans += wait_gone(run_dir, servers_before)
+    orphans += wait_gone(run_dir)
     report = check(run_dir, args.iterations + 1, synthetic=not args.real)
     report.update(
         kills=len(kills),
@@ -276,7 +276,7 @@ def _bpb(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--iterations", type=int, default=40, help="experiments after the baseline")
+    ap.add_argument("--iterations", type=int, default=60, help="experiments after the baseline")
     ap.add_argument("--segment", type=int, default=4)
     ap.add_argument("--delay", type=float, default=0.3, help="seconds each synthetic experiment takes")
     ap.add_argument("--max-wait", type=float, default=3.0, help="longest time from a (re)start's run_start to the kill")

@@ -16,15 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support import SyntheticExecutor, change  # noqa: E402
 
 from ablation.collect import experiments  # noqa: E402
-from ablation.harness import GROUP_NAMES, Ablation, AblationSpec  # noqa: E402
+from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.report import write_report  # noqa: E402
 from nodes.ledger import Ledger  # noqa: E402
+from nodes.llm import EMBEDDED_MAX_TOKENS  # noqa: E402
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM  # noqa: E402
 from nodes.scripted_model import ScriptedChatModel  # noqa: E402
 
@@ -199,6 +202,18 @@ def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert (ablation.root / "report" / "report.md").read_text() == first
     assert (ablation.root / "report" / "running_best.png").exists()
+
+
+@pytest.mark.slow
+def test_the_embedded_model_on_a_one_thread_server(tmp_path) -> None:
+    with embedded_model(1, tmp_path) as (llm, description):
+        assert description.endswith("n_threads 1") and "smollm2" in description
+        server = llm.callbacks[0].server  # type: ignore[index, union-attr]
+        assert server.n_threads == 1 and "--n_threads" in server.command()
+        seeded = with_seed(llm, 7)
+        assert seeded.seed == 7 and seeded.extra_body == {"max_tokens": EMBEDDED_MAX_TOKENS}
+        reply = seeded.invoke("Say hello.")
+    assert reply.content and reply.usage_metadata and reply.usage_metadata["output_tokens"] > 0
 
 
 def main() -> None:

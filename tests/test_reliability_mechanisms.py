@@ -263,6 +263,7 @@ def test_hostile_mechanism_is_refused_through_the_outer_graph(
     run_dir = tmp_path / "run"
     canary = Path(planted["canary"])
     changes: list[str] = []
+    hashed: list[str] = []  # the validations the wrapper saw
     real_validate = graphs.outer.validate
 
     def validate(state: Any, runtime: Any) -> dict[str, Any]:
@@ -275,9 +276,9 @@ def test_hostile_mechanism_is_refused_through_the_outer_graph(
             changes.extend(f"{where}: {p}" for p in sorted(set(old.items()) ^ set(new.items())))
         if not after[3].startswith(before[3]):
             changes.append("trace.jsonl was rewritten, not appended to")
+        hashed.append(str((state.get("candidate") or {}).get("id")))
         return update
 
-    validate.__annotations__ = real_validate.__annotations__  # LangGraph reads the runtime parameter's type
     monkeypatch.setattr(graphs.outer, "validate", validate)
     monkeypatch.setattr(nodes.validate, "validate_mechanism", functools.partial(validate_mechanism, limits=FAST))
     evaluator = file_sha256(EVALUATOR_PATH)
@@ -298,7 +299,7 @@ def test_hostile_mechanism_is_refused_through_the_outer_graph(
     assert [e["id"] for e in experiments] == ["e0000", "e0001"] and experiments[1]["mechanism"].startswith("tabu@")
     assert experiments[1]["status"] in ("keep", "discard") and file_sha256(EVALUATOR_PATH) == evaluator
     # nothing outside the sandbox's scratch folder changed, no secret was ever written anywhere
-    assert changes == []
+    assert refusal["mechanism"] in hashed and changes == []
     assert (canary / "victim.txt").read_text() == "untouched" and sorted(p.name for p in canary.iterdir()) == [
         "secret.txt",
         "victim.txt",

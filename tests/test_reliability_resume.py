@@ -127,6 +127,13 @@ def test_the_soak_check_catches_a_lost_or_duplicated_experiment(finished_run: Pa
     trace.write_text("".join(line for line in lines if line != decided[2]))  # one lost
     report = soak.check(run_dir, 4, synthetic=True)
     assert not report["ok"] and report["lost"] == ["e0002"]
+    assert soak.leftovers(run_dir) == []
+    straggler = subprocess.Popen(["sleep", "60"], cwd=run_dir / "experiments" / "e0001")  # a trainer left behind
+    try:
+        assert [line.split(":")[0] for line in soak.leftovers(run_dir)] == [str(straggler.pid)]
+    finally:
+        straggler.kill()
+        straggler.wait()
 
 
 @pytest.mark.parametrize("how", ["missing", "garbage", "truncated", "wal-lost"])
