@@ -58,7 +58,7 @@ def train(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
     outcomes: dict[str, dict[str, Any]] = {}
     to_run: list[Trial] = []
     for item in batch:
-        previous = read_outcome_file(ctx.ledger.experiment_dir(item["id"]) / "outcome.json")
+        previous = reusable_outcome(ctx.ledger.experiment_dir(item["id"]), item)
         if previous is not None:
             ctx.ledger.event("train_reused", event_id=f"{item['id']}:train_reused", experiment=item["id"])
             outcomes[item["id"]] = previous
@@ -86,6 +86,17 @@ def _finish(ctx: InnerContext, experiment_id: str, outcome: dict[str, Any]) -> N
         error=outcome.get("error"),
         wall_seconds=outcome.get("wall_seconds"),
     )
+
+
+def reusable_outcome(folder: Path, item: dict[str, Any]) -> dict[str, Any] | None:
+    """The outcome already trained for this very proposal (same id *and* same proposal), else None."""
+    try:
+        trained = json.loads((folder / "proposal.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if trained != json.loads(json.dumps(item)):
+        return None  # the folder holds another proposal under this id (a run continued from an older state)
+    return read_outcome_file(folder / "outcome.json")
 
 
 def read_outcome_file(path: Path) -> dict[str, Any] | None:

@@ -2,8 +2,8 @@
 experiment was lost or duplicated and that results.tsv, trace.jsonl and the checkpoint agree.
 
     python scripts/soak.py                     # 20 kills; scripted model + synthetic executor (about 2 minutes)
-    python scripts/soak.py --kills 8 --iterations 16
-    python scripts/soak.py --real --kills 20   # the embedded model + the real trainer (tens of minutes on 2 cores)
+    python scripts/soak.py --kills 8 --iterations 14
+    python scripts/soak.py --real --kills 20   # the embedded model + the real trainer (slow: see docs/reliability.md)
 
 The default run is Level 2 in "generate" mode: the scripted model writes a valid mechanism, so kills also land in
 validation (sandbox children), injection and the comparison of segments. It prints a JSON report and exits 1 when

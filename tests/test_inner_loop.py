@@ -180,3 +180,15 @@ def test_code_mode_refuses_edits_of_the_locked_parts_and_trains_the_others(tmp_p
         "+        return self.down(F.gelu(self.up(x)))"
         in (tmp_path / "run" / "experiments" / "e0001" / "diff.patch").read_text()
     )
+
+
+def test_an_outcome_is_reused_only_for_the_same_proposal(tmp_path):
+    from nodes.ledger import write_json_atomic
+    from nodes.train import reusable_outcome
+
+    item = {"id": "e0001", "iteration": 1, "params": {"MATRIX_LR": 0.08}, "changes": {"MATRIX_LR": 0.08}}
+    write_json_atomic(tmp_path / "proposal.json", item)
+    write_json_atomic(tmp_path / "outcome.json", {"ok": True, "result": {"val_bpb": 1.9}})
+    assert reusable_outcome(tmp_path, item)["result"]["val_bpb"] == 1.9
+    other = {**item, "params": {"MATRIX_LR": 0.1}, "changes": {"MATRIX_LR": 0.1}}
+    assert reusable_outcome(tmp_path, other) is None
