@@ -16,6 +16,7 @@ import resource
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -23,7 +24,9 @@ from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
 from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
 from ablation.surrogate import fit_quality, load_model
+from graphs.run import executor_for
 from graphs.runs import new_run_dir
+from nodes.trainer import Executor, TrainerSettings, Trial
 
 console = Console()
 
@@ -80,8 +83,17 @@ def ancestors() -> set[int]:
 
 
 def matching(pattern: str) -> list[int]:
+    """Other processes whose command line matches ``pattern``, leaving out this one, its parents and the other
+    waiters (their command lines name the pattern after --pause-while: two of them would wait for each other)."""
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found if int(pid) not in ancestors()]
+    return [int(p) for p in found if int(p) not in ancestors() and "--pause-while" not in command_line(int(p))]
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone since pgrep saw it
+        return []
 
 
 def wait_while(pattern: str | None, poll_s: float = 60.0) -> None:
@@ -113,10 +125,33 @@ def add_run_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--llm-threads", type=int, help="threads of the embedded model's server (default: its own)")
 
 
+def add_runtime_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--stop-after-s", type=float, help="start no new run after this many seconds (then resume)")
+    ap.add_argument(
+        "--pause-while",
+        metavar="PATTERN",
+        help="before each training, wait while another process matching PATTERN runs (e.g. gpt.bench)",
+    )
+
+
+class PausingExecutor:
+    """The run's own executor, waiting before each trial while another engineer's benchmark runs."""
+
+    def __init__(self, inner: Executor, pattern: str) -> None:
+        self.inner, self.pattern = inner, pattern
+
+    def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
+        wait_while(self.pattern)
+        return self.inner.run(trial, settings)
+
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
+        return [self.run(trial, settings) for trial in trials]
+
+
 def main_run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation")
     add_run_flags(ap)
-    ap.add_argument("--stop-after-s", type=float, help="start no new run after this many seconds (then resume)")
+    add_runtime_flags(ap)
     args = ap.parse_args(argv)
     if args.executor.startswith("surrogate:"):  # runs resume from anywhere: name the samples by an absolute path
         args.executor = f"surrogate:{Path(args.executor.split(':', 1)[1]).resolve()}"
@@ -141,16 +176,19 @@ def main_run(argv: list[str]) -> int:
         llm_threads=args.llm_threads,
     )
     out = args.out or new_run_dir(Path("runs"), "ablation")
-    return finish(Ablation.open(out, spec), args.stop_after_s)
+    return finish(Ablation.open(out, spec), args)
 
 
-def finish(ablation: Ablation, stop_after_s: float | None) -> int:
+def finish(ablation: Ablation, args: argparse.Namespace) -> int:
     cap_memory(ablation.spec.memory_gb)
     console.print(
         f"ablation folder [bold]{ablation.root}[/]: {', '.join(ablation.spec.groups)} x "
         f"{ablation.spec.repeats} repeats, trainer {ablation.spec.executor}"
     )
-    done = ablation.run(stop_after_s=stop_after_s, log=console.print)
+    executor = None
+    if args.pause_while:
+        executor = PausingExecutor(executor_for(ablation.spec.run_config(ablation.root, "A", 0)), args.pause_while)
+    done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, log=console.print)
     report = write_report(ablation.root)
     console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))
     return 0
@@ -159,9 +197,9 @@ def finish(ablation: Ablation, stop_after_s: float | None) -> int:
 def main_resume(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation resume")
     ap.add_argument("out", type=Path)
-    ap.add_argument("--stop-after-s", type=float)
+    add_runtime_flags(ap)
     args = ap.parse_args(argv)
-    return finish(Ablation.open(args.out), args.stop_after_s)
+    return finish(Ablation.open(args.out), args)
 
 
 def main_report(argv: list[str]) -> int:

@@ -40,9 +40,15 @@ def mechanism_activity(ledger: Ledger) -> dict[str, dict[str, Any]]:
     return {k: {**v, "iterations": sorted(i for i in v["iterations"] if i is not None)} for k, v in stats.items()}
 
 
-REJECTION_KINDS = (("no-op", "no-op"), ("outside", "out of range"), ("frozen", "frozen"),
-                   ("did not call the tool", "no tool call"), ("did not validate", "wrong schema"),
-                   ("could not be read", "unreadable arguments"), ("endpoint error", "endpoint error"))
+REJECTION_KINDS = (
+    ("no-op", "no-op"),
+    ("outside", "out of range"),
+    ("frozen", "frozen"),
+    ("did not call the tool", "no tool call"),
+    ("did not validate", "wrong schema"),
+    ("could not be read", "unreadable arguments"),
+    ("endpoint error", "endpoint error"),
+)
 
 
 def proposal_stats(ledger: Ledger) -> dict[str, Any]:
@@ -64,8 +70,12 @@ def proposal_stats(ledger: Ledger) -> dict[str, Any]:
                 error = c.get("error") or ""
                 reasons[next((label for key, label in REJECTION_KINDS if key in error), "other")] += 1
     latency.sort()
-    return {"proposals": len(by_iteration), "outcome": dict(outcome), "rejections": dict(reasons),
-            "median_llm_s": latency[len(latency) // 2] if latency else None}
+    return {
+        "proposals": len(by_iteration),
+        "outcome": dict(outcome),
+        "rejections": dict(reasons),
+        "median_llm_s": latency[len(latency) // 2] if latency else None,
+    }
 
 
 def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
@@ -161,12 +171,16 @@ def write_report(run_dir: Path) -> Path:
         ]
     stats = proposal_stats(ledger)
     if stats["proposals"]:
-        lines += ["", "## Level-1 proposals", "",
-                  f"- proposals that asked the LLM: {stats['proposals']}; median LLM time per proposal: "
-                  f"{stats['median_llm_s']:.1f} s",
-                  "- " + ", ".join(f"{k}: {v}" for k, v in stats["outcome"].items()),
-                  "- rejected answers by reason: " + (", ".join(f"{k} {v}" for k, v in stats["rejections"].items())
-                                                      or "none")]
+        lines += [
+            "",
+            "## Level-1 proposals",
+            "",
+            f"- proposals that asked the LLM: {stats['proposals']}; median LLM time per proposal: "
+            f"{stats['median_llm_s']:.1f} s",
+            "- " + ", ".join(f"{k}: {v}" for k, v in stats["outcome"].items()),
+            "- rejected answers by reason: "
+            + (", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"),
+        ]
     lines += ["", "## LLM use by level", "", "| level | calls | tokens |", "|---|---|---|"]
     for level in sorted({k[0] for k in llm}):
         lines.append(f"| {level} | {llm[(level, 'calls')]} | {llm[(level, 'tokens')]} |")

@@ -40,9 +40,11 @@ def main() -> None:
         decided = [e["time"] for e in Ledger(Path(tmp) / "run").events("experiment")]
     per_iteration = [b - a for a, b in zip(decided, decided[1:], strict=False)]
     median = statistics.median(per_iteration)
-    print(f"iterations={args.iterations} total_s={total:.2f} median_iteration_ms={median * 1000:.1f} "
-          f"p90_iteration_ms={sorted(per_iteration)[int(0.9 * len(per_iteration))] * 1000:.1f} "
-          f"share_of_{args.budget_s:g}s_budget={median / args.budget_s:.4%}")
+    print(
+        f"iterations={args.iterations} total_s={total:.2f} median_iteration_ms={median * 1000:.1f} "
+        f"p90_iteration_ms={sorted(per_iteration)[int(0.9 * len(per_iteration))] * 1000:.1f} "
+        f"share_of_{args.budget_s:g}s_budget={median / args.budget_s:.4%}"
+    )
 
 
 if __name__ == "__main__":

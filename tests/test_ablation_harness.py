@@ -23,13 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support import SyntheticExecutor, change  # noqa: E402
 
+from ablation import cli  # noqa: E402
 from ablation.collect import experiments  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.report import write_report  # noqa: E402
+from nodes.context import TRAIN_PATH  # noqa: E402
 from nodes.ledger import Ledger  # noqa: E402
 from nodes.llm import EMBEDDED_MAX_TOKENS  # noqa: E402
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM  # noqa: E402
 from nodes.scripted_model import ScriptedChatModel  # noqa: E402
+from nodes.trainer import TrainerSettings, Trial  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02)]
@@ -202,6 +205,29 @@ def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert (ablation.root / "report" / "report.md").read_text() == first
     assert (ablation.root / "report" / "running_best.png").exists()
+
+
+def test_trainings_wait_while_another_benchmark_runs(tmp_path, monkeypatch) -> None:
+    """`--pause-while PATTERN`: before each training the executor waits until no other process matches."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)  # fake-gpt-bench-marker"])
+    try:
+        assert cli.matching("fake-gpt-bench-marker") == [busy.pid]
+        assert cli.matching(f"{os.getpid()}-never-running") == []  # this process's own command line never counts
+        waited: list[str] = []
+        with monkeypatch.context() as patch:
+            patch.setattr(cli, "wait_while", waited.append)
+            executor = cli.PausingExecutor(SyntheticExecutor(), "fake-gpt-bench-marker")
+            folder = tmp_path / "e0000"
+            folder.mkdir()
+            (folder / "train.py").write_text(TRAIN_PATH.read_text())
+            outcome = executor.run(Trial("e0000", folder), TrainerSettings(budget_s=1.0))
+        assert outcome["ok"] and waited == ["fake-gpt-bench-marker"]
+    finally:
+        busy.kill()
+        busy.wait()
+    start = time.monotonic()
+    cli.wait_while("fake-gpt-bench-marker", poll_s=0.1)  # the process is gone: no wait
+    assert time.monotonic() - start < 1.0
 
 
 @pytest.mark.slow

@@ -13,10 +13,19 @@ from nodes.scripted_model import ScriptedChatModel
 
 
 def test_report_from_the_ledger_alone(tmp_path):
-    script = ["no tool call", change("MATRIX_LR", 0.08), change("MATRIX_LR", 0.08), change("DEPTH", 5),
-              change("WARMDOWN_FRAC", 0.7)]
-    execute(config(tmp_path, iterations=3), llm=ScriptedChatModel(script=script), executor=SyntheticExecutor(),
-            inner_only=True)
+    script = [
+        "no tool call",
+        change("MATRIX_LR", 0.08),
+        change("MATRIX_LR", 0.08),
+        change("DEPTH", 5),
+        change("WARMDOWN_FRAC", 0.7),
+    ]
+    execute(
+        config(tmp_path, iterations=3),
+        llm=ScriptedChatModel(script=script),
+        executor=SyntheticExecutor(),
+        inner_only=True,
+    )
     run_dir = tmp_path / "run"
     copy = tmp_path / "copy"
     copy.mkdir()
