@@ -117,7 +117,7 @@ def test_no_server_is_left_after_the_run_ends(tmp_path: Path, how: str) -> None:
         assert len(started) == 1
         if mode == "signal":
             child.send_signal(signal.SIGINT if how == "Ctrl-C" else signal.SIGTERM)
-        out, err = child.communicate(timeout=60)
+        out, err = child.communicate(timeout=300)
         if mode == "normal":
             assert child.returncode == 0 and "done" in out, err[-2000:]
         else:

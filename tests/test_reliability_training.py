@@ -283,7 +283,7 @@ def test_real_trainer_faults_are_crashes_and_the_incumbent_stays_the_best(
     run_dir.mkdir()
     (run_dir / "base_train.py").write_text(real_train_source())
     cfg = config(tmp_path, iterations=4, segment=5, budget_s=4.0, corpus=str(corpus), vocab_size=512,
-                 eval_tokens=4096, kill_after_s=40.0)  # fmt: skip
+                 eval_tokens=4096, kill_after_s=300.0)  # fmt: skip
     proposals = [change("MATRIX_LR", v) for v in (0.03, 0.05, 0.06, 0.07)]
     final = execute(cfg, llm=ScriptedChatModel(script=proposals), executor=executor, inner_only=True)
 
