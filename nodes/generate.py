@@ -64,6 +64,7 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         active=state["active"]["name"],
     )
     chosen: dict[str, Any] = {}
+    active_id = state["active"]["id"]
 
     def check(answer: BaseModel) -> str | None:
         value: Any = answer
@@ -71,6 +72,12 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
             chosen["params"] = coerce_builtin_params(value.family, {s.name: s.value for s in value.params})
         except ValueError as e:
             return str(e)
+        same = mechanism_record(value.family, "composed", builtin_source(value.family), chosen["params"])
+        if same["id"] == active_id:
+            return (
+                f"{value.family} with these parameters is the mechanism already running ({active_id}): "
+                "choose another family, or other parameters"
+            )
         return None
 
     answer = ctx.inner.ask(

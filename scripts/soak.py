@@ -167,12 +167,22 @@ def wait_gone(run_dir: Path, timeout_s: float = 15.0) -> list[str]:
     return left
 
 
+def kill_window(args: argparse.Namespace, run_dir: Path, work_s: float, kills_left: int) -> float:
+    """The longest wait before the next kill: at most --max-wait, and short enough that the kills left still fit in
+    the work left at the pace measured so far — on a fast machine a fixed window would let the run finish first."""
+    done = trace_kinds(run_dir).count("experiment")
+    per_experiment = work_s / done if done else (args.budget_s * 2 if args.real else args.delay)
+    left = max(1, args.iterations + 1 - done)
+    return max(0.05, min(args.max_wait, per_experiment * left / (kills_left + 1)))
+
+
 def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     kills: list[str] = []
     starts = 0
     orphans: list[str] = []
+    work_s = 0.0  # seconds the run has been alive and working, over all starts
     started = time.monotonic()
     while len(kills) < args.kills:
         before = trace_kinds(run_dir)
@@ -180,7 +190,8 @@ def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                                 stderr=subprocess.PIPE)  # fmt: skip
         starts += 1
         wait_started(proc, run_dir, before.count("run_start"))
-        time.sleep(rng.uniform(0.0, args.max_wait))
+        alive_from = time.monotonic()
+        time.sleep(rng.uniform(0.0, kill_window(args, run_dir, work_s, args.kills - len(kills))))
         if proc.poll() is not None:  # the run ended before the kill: nothing left to kill
             _, err = proc.communicate()
             if proc.returncode != 0:
@@ -189,6 +200,7 @@ def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         where = landed(before, trace_kinds(run_dir))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        work_s += time.monotonic() - alive_from
         proc.stderr.close()  # type: ignore[union-attr]
         kills.append(where)
         orphans += wait_gone(run_dir)

@@ -148,6 +148,20 @@ def test_an_invalid_composition_falls_back_in_a_recorded_way(tmp_path):
     assert generated["source"] == "fallback" and any("radius" in e for e in generated["errors"])
 
 
+def test_a_composition_identical_to_the_running_mechanism_is_refused(tmp_path):
+    """Composing llm_greedy with its defaults would re-inject the mechanism already running: re-asked, then a
+    recorded fallback to another family, so a cycle never spends a segment on a mechanism it already has."""
+    answer = router(PROPOSALS, compose={"family": "llm_greedy", "params": [], "rationale": "keep it"})
+    _, ledger = run(tmp_path, answer, level="2", iterations=3, segment=2, generate_mode="compose")
+    generated = next(ledger.events("generate"))
+    assert generated["source"] == "fallback"
+    assert any("already running" in e for e in generated["errors"])
+    injected = [e for e in ledger.events("inject") if e["injected"]]
+    assert len(injected) == 1 and not injected[0]["mechanism"].startswith("llm_greedy@")
+    ran = [e for e in ledger.events("mechanism_call") if e["mechanism"] == injected[0]["mechanism"]]
+    assert [e["iteration"] for e in ran] == [2, 3]
+
+
 def test_level_one_point_five_caps(tmp_path):
     free = tuple(f"P{i}" for i in range(8))
     frozen, notes = apply_caps([], list(free), [], free, max_new=5, min_active=4)
