@@ -47,6 +47,13 @@ def main_sample(argv: list[str]) -> int:
         help="before each point, wait while `pgrep -f PATTERN` finds a "
         "process (e.g. gpt.bench: another engineer's timing benchmark)",
     )
+    ap.add_argument(
+        "--retrain-above-load",
+        type=float,
+        metavar="LOAD",
+        help="move samples measured while the 1-minute load average was above LOAD (or unknown) to "
+        "<csv>_loaded.csv and train them again (a fixed wall-clock budget measures the load too)",
+    )
     args = ap.parse_args(argv)
     cap_memory(args.memory_gb)
     rows = collect(
@@ -60,6 +67,7 @@ def main_sample(argv: list[str]) -> int:
         memory_gb=args.memory_gb,
         log=console.print,
         before_each=lambda: wait_while(args.pause_while),
+        retrain_above_load=args.retrain_above_load,
     )
     console.print(f"{len(rows)} samples in {args.csv}")
     return 0

@@ -190,15 +190,20 @@ def collect(
     memory_gb: float | None = None,
     log: Callable[[str], None] = print,
     before_each: Callable[[], None] = lambda: None,
+    retrain_above_load: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train every planned point not yet in ``csv_path`` and append it; returns all rows. ``memory_gb`` is the
     memory cap the caller set (recorded only); ``before_each`` runs before every training (the CLI waits there while
-    another engineer's benchmark runs)."""
+    another engineer's benchmark runs). With ``retrain_above_load``, rows measured while the machine's load average
+    was above it (or unknown) are moved to the archive CSV next to ``csv_path`` and trained again: under a fixed
+    wall-clock budget a loaded machine trains fewer steps, and those rows measure the load, not the configuration."""
     source = TRAIN_PATH.read_text()
     space = SearchSpace.from_train_source(source)
     rows = read_samples(csv_path)
     planned = plan(space, points, replicates, seed)
     check_compatible(rows, planned, budget_s)
+    if retrain_above_load is not None:
+        rows = archive_loaded(csv_path, rows, retrain_above_load, space.names, log)
     done = {row["point"] for row in rows}
     executor = executor or LocalExecutor()
     todo = [p for p in planned if p["point"] not in done]
@@ -215,6 +220,25 @@ def collect(
         shown = f"val_bpb {bpb:.4f}" if isinstance(bpb, float) and math.isfinite(bpb) else outcome.get("error")
         log(f"{point['point']} ({point['design']}) {i}/{len(todo)}: {shown}  [{time.monotonic() - start:.0f} s]")
     return rows
+
+
+def archive_path(csv_path: Path) -> Path:
+    return Path(csv_path).with_name(Path(csv_path).stem + "_loaded.csv")
+
+
+def archive_loaded(
+    csv_path: Path, rows: list[dict[str, Any]], max_load: float, names: tuple[str, ...], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Move the rows measured above ``max_load`` (or with no load recorded) to the archive; return the others."""
+    loaded = [r for r in rows if not isinstance(r.get("load_avg"), int | float) or r["load_avg"] > max_load]
+    if not loaded:
+        return rows
+    archive = archive_path(csv_path)
+    write_samples(archive, [*read_samples(archive), *loaded], names)
+    kept = [r for r in rows if r not in loaded]
+    write_samples(csv_path, kept, names)
+    log(f"{len(loaded)} samples measured above load {max_load:g} moved to {archive}; they are trained again")
+    return kept
 
 
 def unit_features(space: SearchSpace, params: Mapping[str, Any]) -> np.ndarray:

@@ -14,7 +14,16 @@ import pytest
 from support import SPLIT, synthetic_bpb
 
 from ablation.constraints import config_error, repair
-from ablation.sampling import collect, from_unit, plan, read_samples, unit_centre, unit_features
+from ablation.sampling import (
+    archive_path,
+    collect,
+    from_unit,
+    plan,
+    read_samples,
+    unit_centre,
+    unit_features,
+    write_samples,
+)
 from ablation.surrogate import SurrogateExecutor, fit_quality, load_model
 from graphs.run import execute
 from graphs.runs import RunConfig
@@ -72,6 +81,21 @@ def test_the_plan_interleaves_designs_and_a_collection_resumes(samples: Path, tm
         collect(samples, tmp_path / "work", 20, 4, 20.0, executor=again, log=lambda _: None)
     with pytest.raises(ValueError, match="budget"):
         collect(samples, tmp_path / "work", 36, 4, 30.0, executor=again, log=lambda _: None)
+
+
+def test_samples_measured_on_a_loaded_machine_are_archived_and_trained_again(samples: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "samples.csv"
+    rows = read_samples(samples)
+    for i, row in enumerate(rows):
+        row["load_avg"] = [0.5, 7.0, None][i % 3]
+    write_samples(csv_path, rows, SPACE.names)
+    again = NoisyTrainer()
+    after = collect(csv_path, tmp_path / "work", 36, 4, 20.0, executor=again, retrain_above_load=2.0, log=print)
+    loaded = [r["point"] for i, r in enumerate(rows) if i % 3]
+    assert sorted(again.runs) == sorted(loaded)  # exactly the loaded ones, trained again
+    assert sorted(r["point"] for r in read_samples(csv_path)) == sorted(r["point"] for r in rows)
+    assert [r["point"] for r in read_samples(archive_path(csv_path))] == loaded  # kept, not deleted
+    assert len(after) == len(rows) and all(isinstance(r["load_avg"], float) for r in after)
 
 
 def test_unit_positions_of_choices_and_numerics() -> None:
