@@ -136,6 +136,12 @@ def add_run_flags(ap: argparse.ArgumentParser) -> None:
 def add_runtime_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stop-after-s", type=float, help="start no new run after this many seconds (then resume)")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with its own model server (surrogate executor only)",
+    )
+    ap.add_argument(
         "--pause-while",
         metavar="PATTERN",
         help="before each training, wait while another process matching PATTERN runs (e.g. gpt.bench)",
@@ -196,7 +202,7 @@ def finish(ablation: Ablation, args: argparse.Namespace) -> int:
     executor = None
     if args.pause_while:
         executor = PausingExecutor(executor_for(ablation.spec.run_config(ablation.root, "A", 0)), args.pause_while)
-    done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, log=console.print)
+    done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, workers=args.workers, log=console.print)
     report = write_report(ablation.root)
     console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))
     return 0
@@ -227,7 +233,26 @@ def main_fit(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sample": main_sample, "resume": main_resume, "report": main_report, "fit": main_fit}
+def main_worker(argv: list[str]) -> int:
+    """A worker process of `--workers`: one run of the ablation folder (started by the harness, not by hand)."""
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation worker")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("run_id")
+    ap.add_argument("threads", type=int)
+    args = ap.parse_args(argv)
+    ablation = Ablation.open(args.out)
+    cap_memory(ablation.spec.memory_gb)
+    ablation.work(args.run_id, args.threads)
+    return 0
+
+
+COMMANDS = {
+    "sample": main_sample,
+    "resume": main_resume,
+    "report": main_report,
+    "fit": main_fit,
+    "worker": main_worker,
+}
 
 
 def main_ablation(argv: list[str]) -> int:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,9 +41,10 @@ from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
 from nodes.ledger import write_atomic, write_json_atomic
 from nodes.llm import EMBEDDED_MAX_TOKENS, LLMSettings, ServerWatchdog, open_chat_model
-from nodes.local_server import MODEL_ALIAS, LocalModelServer
+from nodes.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
+from nodes.scripted_model import ScriptedChatModel
 from nodes.train import read_outcome_file
-from nodes.trainer import Executor, TrainerSettings, Trial
+from nodes.trainer import REPO_ROOT, Executor, TrainerSettings, Trial
 
 BASELINES = {"random": "random_search", "tpe": "tpe"}
 GROUP_NAMES = (*GROUPS, *BASELINES)
@@ -197,9 +201,10 @@ class Ablation:
         llm_for: LLMFor | None = None,
         executor: Executor | None = None,
         stop_after_s: float | None = None,
+        workers: int = 1,
         log: Callable[[str], None] = print,
     ) -> bool:
-        """Run every pending or interrupted run; True when the whole ablation is done."""
+        """Run every pending or interrupted run, ``workers`` at a time; True when the whole ablation is done."""
         deadline = time.time() + stop_after_s if stop_after_s else None
         trainer = self.executor(executor)
         self.record_surrogate_fit()
@@ -207,34 +212,102 @@ class Ablation:
         todo = [(g, r) for g, r in self.plan() if self.status(run_id(g, r)) != "done"]
         if not todo:
             return True
+        if workers > 1:
+            return self.run_in_workers(todo, deadline, workers, log)
         with self.llms(llm_for) as chat_for:
             for done, (group, repeat) in enumerate(todo):
                 if deadline is not None and time.time() >= deadline:
                     log(f"time limit: {len(todo) - done} runs left; resume with `ablation resume {self.root}`")
                     return False
-                rid = run_id(group, repeat)
-                run_dir = self.root / "runs" / rid
-                config = (
-                    RunConfig.load(run_dir)
-                    if (run_dir / "run.json").exists()
-                    else self.spec.run_config(run_dir, group, repeat)
-                )
-                log(
-                    f"{rid}: level {config.level}{' + ' + config.mechanism if config.mechanism else ''}, "
-                    f"seed {config.seed} ({self.status(rid)})"
-                )
-                self.mark(
-                    rid,
-                    group=group,
-                    repeat=repeat,
-                    seed=config.seed,
-                    status="running",
-                    started=self.manifest["runs"].get(rid, {}).get("started") or time.time(),
-                )
-                execute(config, llm=chat_for(config), executor=executor)
-                self.confirm(run_dir, trainer)
-                self.mark(rid, status="done", finished=time.time())
+                self.start(group, repeat, log)
+                self.run_one(group, repeat, chat_for, executor, trainer)
+                self.mark(run_id(group, repeat), status="done", finished=time.time())
         return True
+
+    def config(self, group: str, repeat: int) -> RunConfig:
+        run_dir = self.root / "runs" / run_id(group, repeat)
+        if (run_dir / "run.json").exists():
+            return RunConfig.load(run_dir)
+        return self.spec.run_config(run_dir, group, repeat)
+
+    def start(self, group: str, repeat: int, log: Callable[[str], None]) -> None:
+        rid, config = run_id(group, repeat), self.config(group, repeat)
+        log(
+            f"{rid}: level {config.level}{' + ' + config.mechanism if config.mechanism else ''}, "
+            f"seed {config.seed} ({self.status(rid)})"
+        )
+        self.mark(
+            rid,
+            group=group,
+            repeat=repeat,
+            seed=config.seed,
+            status="running",
+            started=self.manifest["runs"].get(rid, {}).get("started") or time.time(),
+        )
+
+    def run_one(self, group: str, repeat: int, chat_for: LLMFor, executor: Executor | None, trainer: Executor) -> None:
+        """One run to its end (resumed from its checkpoint if it was interrupted), then its confirmations. Writes
+        nothing to the manifest: a worker process runs this while the parent keeps the manifest."""
+        config = self.config(group, repeat)
+        execute(config, llm=chat_for(config), executor=executor)
+        self.confirm(Path(config.run_dir), trainer)
+
+    def run_in_workers(
+        self, todo: list[tuple[str, int]], deadline: float | None, workers: int, log: Callable[[str], None]
+    ) -> bool:
+        """Up to ``workers`` runs at once, each in a worker process with its own model server (the embedded
+        model's threads split between them). Only this process writes the manifest; workers are tied to it, so a
+        kill -9 here stops them too, and `resume` re-runs what was running from its checkpoint."""
+        if not self.spec.executor.startswith("surrogate:"):
+            raise ValueError(
+                "parallel runs (--workers) need the surrogate executor: real trainings running side by side share "
+                "the CPU, and a fixed wall-clock budget would then measure the contention"
+            )
+        pending, running = list(todo), dict[str, subprocess.Popen[bytes]]()
+        failed: list[str] = []
+        while pending or running:
+            while pending and len(running) < workers:
+                if deadline is not None and time.time() >= deadline:
+                    log(f"time limit: {len(pending)} runs not started; resume with `ablation resume {self.root}`")
+                    pending = []
+                    break
+                group, repeat = pending.pop(0)
+                self.start(group, repeat, log)
+                threads = self.spec.llm_threads or max(1, (os.cpu_count() or 1) // workers)
+                running[run_id(group, repeat)] = self.spawn_worker(run_id(group, repeat), threads)
+            for rid, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[rid]
+                if proc.returncode == 0:
+                    self.mark(rid, status="done", finished=time.time())
+                    log(f"{rid}: done")
+                else:
+                    failed.append(rid)
+                    log(f"{rid}: worker failed (exit {proc.returncode}); see {self.root / 'runs' / rid / 'worker.log'}")
+            time.sleep(0.2)
+        if failed:
+            raise RuntimeError(f"runs failed in their workers: {', '.join(failed)}; fix and `ablation resume`")
+        return all(self.status(run_id(g, r)) == "done" for g, r in self.plan())
+
+    def spawn_worker(self, rid: str, threads: int) -> subprocess.Popen[bytes]:
+        log_path = self.root / "runs" / rid / "worker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            return spawn_tied(
+                [sys.executable, "-m", "graphs.bilevel", "ablation", "worker", str(self.root), rid, str(threads)],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def work(self, rid: str, threads: int) -> None:
+        """In a worker process: run ``rid`` with this process's own model server (``threads`` threads)."""
+        group, repeat = next((g, r) for g, r in self.plan() if run_id(g, r) == rid)
+        trainer = self.executor(None)
+        with self.llms(None, threads=threads, log_dir=self.root / "runs" / rid) as chat_for:
+            self.run_one(group, repeat, chat_for, None, trainer)
 
     def record_surrogate_fit(self) -> None:
         if not self.spec.executor.startswith("surrogate:") or (self.root / SURROGATE_FIT).exists():
@@ -244,25 +317,39 @@ class Ablation:
         write_json_atomic(self.root / SURROGATE_FIT, fit_quality(load_model(Path(self.spec.executor.split(":", 1)[1]))))
 
     @contextmanager
-    def llms(self, llm_for: LLMFor | None) -> Iterator[LLMFor]:
+    def llms(self, llm_for: LLMFor | None, threads: int | None = None, log_dir: Path | None = None) -> Iterator[LLMFor]:
         """Per-run chat models: ``llm_for`` when given; else one model for the whole ablation (the embedded server
-        starts once), copied per run with the run's seed so repeats sample differently."""
+        starts at the first run that needs it, once), copied per run with the run's seed so repeats sample
+        differently. The baselines (random search, TPE) never ask a model: they get one that fails if asked. A
+        worker process (``log_dir``: its run's folder) keeps its server's log there and leaves the manifest alone."""
         if llm_for is not None:
             self.manifest["llm"] = "supplied by the caller"
             self.save()
             yield llm_for
             return
         settings = LLMSettings.resolve(model=self.spec.model, base_url=self.spec.base_url)
+        threads = threads or self.spec.llm_threads
         with ExitStack() as stack:
-            if settings.embedded and self.spec.llm_threads is not None:
-                llm, description = stack.enter_context(embedded_model(self.spec.llm_threads, self.root))
-            else:
-                llm, description = stack.enter_context(
-                    open_chat_model(settings, server_log=self.root / "llm_server.log")
-                )
-            self.manifest["llm"] = description
-            self.save()
-            yield lambda config: with_seed(llm, config.seed)
+            opened: list[BaseChatModel] = []
+
+            def chat_for(config: RunConfig) -> BaseChatModel:
+                if config.mechanism in BASELINES.values():
+                    return ScriptedChatModel(script=[])
+                if not opened:
+                    logs = log_dir or self.root
+                    if settings.embedded and threads is not None:
+                        llm, description = stack.enter_context(embedded_model(threads, logs))
+                    else:
+                        llm, description = stack.enter_context(
+                            open_chat_model(settings, server_log=logs / "llm_server.log")
+                        )
+                    opened.append(llm)
+                    if log_dir is None:
+                        self.manifest["llm"] = description
+                        self.save()
+                return with_seed(opened[0], config.seed)
+
+            yield chat_for
 
 
 @contextmanager

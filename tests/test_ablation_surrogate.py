@@ -14,6 +14,7 @@ import pytest
 from support import SPLIT, synthetic_bpb
 
 from ablation.constraints import config_error, repair
+from ablation.harness import Ablation, AblationSpec
 from ablation.sampling import (
     archive_path,
     collect,
@@ -175,3 +176,19 @@ def test_a_run_names_its_surrogate_and_every_result_is_labelled(samples: Path, t
     outcomes = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "experiments").glob("*/outcome.json"))]
     assert len(outcomes) == 5 and all(o["surrogate"] if not o["ok"] else o["result"]["surrogate"] for o in outcomes)
     assert final["inner"]["experiments"][0]["status"] == "keep"  # the baseline was not refused (split of the samples)
+
+
+def test_runs_in_worker_processes_match_the_same_runs_one_after_another(samples: Path, tmp_path: Path) -> None:
+    spec = AblationSpec(
+        groups=["random", "tpe"], repeats=2, iterations=6, segment=3, executor=f"surrogate:{samples}", noise_repeats=2
+    )
+    serial, parallel = Ablation.open(tmp_path / "serial", spec), Ablation.open(tmp_path / "parallel", spec)
+    assert serial.run(log=lambda _: None)
+    assert parallel.run(workers=2, log=lambda _: None)
+    assert all(e["status"] == "done" for e in parallel.manifest["runs"].values())
+    for rid in serial.manifest["runs"]:
+        one, two = (Ledger(a.root / "runs" / rid).events("experiment") for a in (serial, parallel))
+        assert [(e["params"], e["val_bpb"]) for e in one] == [(e["params"], e["val_bpb"]) for e in two]
+    local = Ablation.open(tmp_path / "local", AblationSpec(groups=["A"], repeats=1, noise_repeats=0))
+    with pytest.raises(ValueError, match="surrogate"):
+        local.run(workers=2, log=lambda _: None)
