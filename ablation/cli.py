@@ -131,6 +131,9 @@ def add_run_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training")
     ap.add_argument("--memory-gb", type=float, help="memory cap of every training (RLIMIT_DATA), as in `sample`")
     ap.add_argument("--llm-threads", type=int, help="threads of the embedded model's server (default: its own)")
+    ap.add_argument(
+        "--llm-attempts", type=int, default=3, help="answers asked for per LLM call before the recorded fallback"
+    )
 
 
 def add_runtime_flags(ap: argparse.ArgumentParser) -> None:
@@ -188,6 +191,7 @@ def main_run(argv: list[str]) -> int:
         kill_after_s=args.kill_after_s,
         memory_gb=args.memory_gb,
         llm_threads=args.llm_threads,
+        llm_attempts=args.llm_attempts,
     )
     out = args.out or new_run_dir(Path("runs"), "ablation")
     return finish(Ablation.open(out, spec), args)

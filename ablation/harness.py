@@ -78,6 +78,7 @@ class AblationSpec:
     kill_after_s: float | None = None
     memory_gb: float | None = None  # memory cap of the trainings (applied by the CLI to its own process)
     llm_threads: int | None = None  # the embedded model's server threads (None: its default)
+    llm_attempts: int = 3  # answers asked for per LLM call before the recorded fallback (every group alike)
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in GROUP_NAMES]
@@ -103,6 +104,7 @@ class AblationSpec:
             generate_mode=self.generate_mode,
             kill_after_s=self.kill_after_s,
             executor=self.executor,
+            llm_attempts=self.llm_attempts,
         )
 
     def trainer(self, seed: int) -> TrainerSettings:

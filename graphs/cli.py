@@ -58,6 +58,12 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the trainer's)")
     ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
     ap.add_argument("--max-llm-calls", type=int)
+    ap.add_argument(
+        "--llm-attempts",
+        type=int,
+        default=3,
+        help="answers asked for per LLM call (the first, then re-asks with the error) before the recorded fallback",
+    )
     ap.add_argument("--max-llm-tokens", type=int)
     ap.add_argument("--noise-margin", type=float, default=0.0, help="a keep must beat the best by more than this")
     ap.add_argument("--time-limit-s", type=float, help="no new experiment starts after this many seconds")
@@ -97,6 +103,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         model=args.model,
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,
+        llm_attempts=args.llm_attempts,
         max_llm_tokens=args.max_llm_tokens,
         noise_margin=args.noise_margin,
         mechanism=args.mechanism,

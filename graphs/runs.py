@@ -41,6 +41,7 @@ class RunConfig:
     base_url: str | None = None
     max_llm_calls: int | None = None
     max_llm_tokens: int | None = None
+    llm_attempts: int = 3  # answers asked for per structured call before its recorded fallback
     noise_margin: float = 0.0
     mechanism: str | None = None  # a built-in name or a path: the inner loop starts with it
     generate_mode: str = "auto"  # "compose" | "generate" | "auto" (compose for the embedded model)
@@ -117,6 +118,7 @@ def make_context(
         noise_margin=config.noise_margin,
         seed=config.seed,
         deadline=deadline,
+        llm_attempts=config.llm_attempts,
     )
 
 

@@ -50,6 +50,7 @@ class InnerContext:
     split_sha256: str | None = None  # None: the baseline's split is the reference
     console: Console = field(default_factory=lambda: Console(stderr=True))
     llm_level: str = "L1"
+    llm_attempts: int = 3  # answers asked for per structured call (the first, then re-asks) before a fallback
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -80,6 +81,7 @@ class InnerContext:
             budget=self.budget,
             record=record,
             check=check,
+            max_attempts=self.llm_attempts,
         )
 
 

@@ -87,6 +87,14 @@ def test_every_kind_of_bad_answer_is_re_asked_then_falls_back(tmp_path):
         assert len(e["changes"]) == 1  # a recorded, valid one-parameter step
 
 
+def test_llm_attempts_sets_how_often_a_refused_answer_is_re_asked(tmp_path):
+    script = [change("DEPTH", 99), change("MATRIX_LR", 0.05)]
+    final, _ = run_inner(tmp_path, script, iterations=2, llm_attempts=1)
+    calls = list(Ledger(tmp_path / "run").events("llm_call"))
+    assert [c["ok"] for c in calls] == [False, True]  # one answer each: the first falls back at once
+    assert [e["proposal_source"] for e in final["experiments"][1:]] == ["fallback", "llm"]
+
+
 def test_frozen_parameters_are_refused(tmp_path):
     cfg = config(tmp_path)
     cfg.save()
