@@ -6,6 +6,7 @@
     python -m graphs.bilevel ablation report runs/ablation-surrogate
     python -m graphs.bilevel ablation sample --points 56 --replicates 4 --budget-s 20
     python -m graphs.bilevel ablation fit [--csv ablation/data/surrogate_samples.csv]
+    python -m graphs.bilevel ablation pack runs/ablation-surrogate docs/results/ablation-surrogate.tar.gz
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
+from ablation.pack import pack
 from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
 from ablation.surrogate import fit_quality, load_model
@@ -237,6 +239,16 @@ def main_fit(argv: list[str]) -> int:
     return 0
 
 
+def main_pack(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation pack")
+    ap.add_argument("out", type=Path, help="the ablation folder")
+    ap.add_argument("archive", type=Path, help="the .tar.gz to write")
+    args = ap.parse_args(argv)
+    files = pack(args.out, args.archive)
+    console.print(f"{len(files)} files, {args.archive.stat().st_size / 1e6:.1f} MB: [bold]{args.archive}[/]")
+    return 0
+
+
 def main_worker(argv: list[str]) -> int:
     """A worker process of `--workers`: one run of the ablation folder (started by the harness, not by hand)."""
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation worker")
@@ -255,6 +267,7 @@ COMMANDS = {
     "resume": main_resume,
     "report": main_report,
     "fit": main_fit,
+    "pack": main_pack,
     "worker": main_worker,
 }
 

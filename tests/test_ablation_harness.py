@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from support import SyntheticExecutor, change  # noqa: E402
 from ablation import cli  # noqa: E402
 from ablation.collect import experiments  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
+from ablation.pack import pack  # noqa: E402
 from ablation.report import write_report  # noqa: E402
 from nodes.context import TRAIN_PATH  # noqa: E402
 from nodes.ledger import Ledger  # noqa: E402
@@ -205,6 +207,12 @@ def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert (ablation.root / "report" / "report.md").read_text() == first
     assert (ablation.root / "report" / "running_best.png").exists()
+    # the packed evidence alone (no checkpoints, no experiment folders) gives the same report
+    files = pack(ablation.root, tmp_path / "abl.tar.gz")
+    assert not any("checkpoints" in str(f) or "experiments" in str(f) for f in files)
+    with tarfile.open(tmp_path / "abl.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert write_report(tmp_path / "unpacked" / "abl").read_text() == first
 
 
 def test_trainings_wait_while_another_benchmark_runs(tmp_path, monkeypatch) -> None:
