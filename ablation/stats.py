@@ -66,8 +66,10 @@ def wilcoxon_p(diffs: Sequence[float]) -> float:
 def cohens_dz(diffs: Sequence[float]) -> float:
     """Paired effect size: the mean difference over the standard deviation of the differences."""
     mean, sd = mean_sd(diffs)
-    if math.isnan(sd) or sd == 0:
-        return math.nan if mean == 0 or math.isnan(mean) else math.copysign(math.inf, mean)
+    if len(diffs) < 2:  # one pair has no spread to measure the effect against
+        return math.nan
+    if sd == 0:  # every pair differs by the same amount
+        return math.nan if mean == 0 else math.copysign(math.inf, mean)
     return mean / sd
 
 

@@ -55,6 +55,7 @@ def test_permutation_p_exact_values() -> None:
 def test_effect_size_and_summaries() -> None:
     assert cohens_dz([1, 2, 3]) == pytest.approx(2.0)  # mean 2, sd 1
     assert cohens_dz([1, 1]) == math.inf and math.isnan(cohens_dz([0, 0]))
+    assert math.isnan(cohens_dz([0.5]))  # one pair: no spread to measure the effect against
     assert mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     s = summarise([-0.01, -0.02, -0.03])
     assert s.n == 3 and s.mean == pytest.approx(-0.02) and s.ci_low <= s.mean <= s.ci_high
