@@ -66,10 +66,12 @@ class Param:
     domain: tuple  # (low, high) for int/float, the choices for choice, () for bool
     log: bool = False
     frozen: bool = False
+    multiple_of: tuple[str, ...] = ()  # the value must be a multiple of these parameters' product
 
 
 def parse_block(source: str) -> list[Param]:
-    """The constants block of a train.py source: `NAME = literal  # kind [bounds or choices] [log] [frozen]`."""
+    """The constants block of a train.py source:
+    `NAME = literal  # kind [bounds or choices] [log] [frozen] [multiple_of NAME*NAME...]`."""
     lines = source.splitlines()
     try:
         start, end = lines.index(BLOCK_START), lines.index(BLOCK_END)
@@ -90,12 +92,17 @@ def parse_block(source: str) -> list[Param]:
             kind, rest = comment.split(None, 1) if " " in comment else (comment, "")
             bracket_end = rest.index("]") + 1 if rest.startswith("[") else 0
             domain = tuple(ast.literal_eval(rest[:bracket_end])) if bracket_end else ()
-            flags = set(rest[bracket_end:].split())
+            words = rest[bracket_end:].split()
+            multiple: tuple[str, ...] = ()
+            if "multiple_of" in words:
+                at = words.index("multiple_of")
+                multiple, words = tuple(words[at + 1].split("*")), words[:at] + words[at + 2 :]
+            flags = set(words)
         except (SyntaxError, ValueError, AssertionError, IndexError) as e:
             raise ConfigError(f"cannot parse hyperparameter line {line!r}: {e}") from e
         if kind not in ("int", "float", "choice", "bool") or flags - {"log", "frozen"}:
             raise ConfigError(f"hyperparameter {name}: unknown kind or flag in {comment!r}")
-        params.append(Param(name, value, kind, domain, "log" in flags, "frozen" in flags))
+        params.append(Param(name, value, kind, domain, "log" in flags, "frozen" in flags, multiple))
     return params
 
 
@@ -119,7 +126,15 @@ def hyperparameters(script: str) -> dict[str, Any]:
     params = parse_block(Path(script).read_text())
     for p in params:
         check_param(p)
-    return {p.name: p.value for p in params}
+    values = {p.name: p.value for p in params}
+    for p in params:
+        if p.multiple_of:
+            if any(n not in values for n in p.multiple_of):
+                raise ConfigError(f"hyperparameter {p.name}: multiple_of names an unknown parameter {p.multiple_of}")
+            product = math.prod(values[n] for n in p.multiple_of)
+            if p.value % product:
+                raise ConfigError(f"{p.name}={p.value} is not a multiple of {'*'.join(p.multiple_of)}={product}")
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------------

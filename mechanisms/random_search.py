@@ -12,7 +12,8 @@ def propose(view: Any) -> dict[str, Any]:
     """The parameters of a uniform draw that differ from the incumbent (frozen ones keep the incumbent's value)."""
     frozen = set(view.frozen)
     for _ in range(DRAWS):
-        draw = view.space.sample(view.rng)
+        # the space's rules between parameters (train.py's batch rule) repair the draw, as an HPO user encodes them
+        draw = view.space.repair({**view.space.sample(view.rng), **{k: view.incumbent[k] for k in frozen}})
         changes = {k: v for k, v in draw.items() if k not in frozen and not _same(v, view.incumbent.get(k))}
         if changes and not view.check_changes(changes, max_changes=None):
             return {

@@ -151,6 +151,7 @@ class Param:
     log: bool = False
     frozen: bool = False
     default: Any = None
+    multiple_of: tuple[str, ...] = ()  # int only: the value must be a multiple of these parameters' product
 
     def __post_init__(self) -> None:
         errors = _param_errors(self)
@@ -212,6 +213,15 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b or (_is_number(a) and _is_number(b) and a == b)
 
 
+def _tuples(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {**p, "choices": tuple(p.get("choices", ())), "multiple_of": tuple(p.get("multiple_of", ()))}
+
+
+def _integral(p: Param) -> bool:
+    """An int parameter, or a choice among ints."""
+    return p.kind == "int" or (p.kind == "choice" and all(type(c) is int for c in p.choices))
+
+
 def _param_errors(p: Param) -> list[str]:
     if not p.name.isidentifier():
         return [f"not an identifier: {p.name!r}"]
@@ -264,6 +274,10 @@ class SearchSpace:
             index[p.name] = p
         if not index:
             raise SpaceError("empty search space")
+        for p in self.params:
+            bad = [n for n in p.multiple_of if n not in index or not _integral(index[n])]
+            if bad:
+                raise SpaceError(f"{p.name}: multiple_of names {bad}, which are not integer parameters of the space")
         object.__setattr__(self, "_index", index)
 
     # ---- construction and serialisation ----
@@ -295,6 +309,7 @@ class SearchSpace:
                     "log": p.log,
                     "frozen": p.frozen,
                     "default": p.default,
+                    "multiple_of": list(p.multiple_of),
                 }
                 for p in self.params
             ]
@@ -303,7 +318,14 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         try:
-            return cls(tuple(Param(**{**p, "choices": tuple(p.get("choices", ()))}) for p in data["params"]))
+            return cls(
+                tuple(
+                    Param(
+                        **{**p, "choices": tuple(p.get("choices", ())), "multiple_of": tuple(p.get("multiple_of", ()))}
+                    )
+                    for p in data["params"]
+                )
+            )
         except (KeyError, TypeError) as exc:
             raise SpaceError(f"malformed search-space dict: {exc}") from exc
 
@@ -363,6 +385,41 @@ class SearchSpace:
                 errors.append(wrong)
         return errors
 
+    def constraint_errors(self, config: Mapping[str, Any]) -> list[str]:
+        """Errors of the rules between parameters (``multiple_of``) in a whole configuration."""
+        errors = []
+        for p in self.params:
+            if not p.multiple_of or not all(n in config for n in (p.name, *p.multiple_of)):
+                continue
+            product = math.prod(config[n] for n in p.multiple_of)
+            if product and config[p.name] % product:
+                errors.append(
+                    f"{p.name}={config[p.name]} is not a multiple of {'*'.join(p.multiple_of)}={product} "
+                    "(train.py refuses it)"
+                )
+        return errors
+
+    def repair(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with each ``multiple_of`` parameter moved to the nearest (in log scale) multiple in its bounds;
+        unchanged where there is nothing to repair or no multiple in bounds."""
+        out = dict(config)
+        for p in self.params:
+            if not p.multiple_of or not all(n in out for n in (p.name, *p.multiple_of)):
+                continue
+            product = math.prod(out[n] for n in p.multiple_of)
+            if not product or out[p.name] % product == 0:
+                continue
+            low, high = math.ceil(p.low / product), math.floor(p.high / product)  # type: ignore[operator]
+            if low > high:
+                continue
+            ratio = out[p.name] / product
+            q = min(
+                (max(low, min(high, c)) for c in (max(1, math.floor(ratio)), math.ceil(ratio))),
+                key=lambda c: abs(math.log(c / ratio)),
+            )
+            out[p.name] = q * product
+        return out
+
     def check_changes(
         self,
         changes: Any,
@@ -392,6 +449,8 @@ class SearchSpace:
                 errors.append(f"{name} is frozen")
             elif name in incumbent and _same(incumbent[name], value):
                 errors.append(f"{name}={value!r} is the incumbent value (a no-op)")
+        if not errors:
+            errors = self.constraint_errors({**incumbent, **changes})
         return errors
 
     def coerce(self, name: str, value: Any) -> Any:
@@ -441,7 +500,8 @@ class SearchSpace:
         return p.from_unit(p.to_unit(value) + delta)
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        """A random configuration (uniform in unit space); declared-frozen parameters keep their default."""
+        """A random configuration (uniform in unit space), repaired to satisfy the rules between parameters;
+        declared-frozen parameters keep their default."""
         out = {}
         for p in self.params:
             if p.frozen:
@@ -452,7 +512,7 @@ class SearchSpace:
                 out[p.name] = rng.choice(p.choices)
             else:
                 out[p.name] = p.from_unit(rng.random())
-        return out
+        return self.repair(out)
 
     def neighbour(
         self, params: Mapping[str, Any], rng: random.Random, names: Sequence[str], scale: float = 0.1
@@ -461,6 +521,8 @@ class SearchSpace:
 
         Numerics take a Gaussian step of width ``scale`` in unit space (at least one int step, reflected at the
         bounds); choices move to another choice; bools flip. A name that cannot move (a one-point range) is left out.
+        When the move breaks a rule between parameters (``multiple_of``), the ruled parameter is repaired and its new
+        value is one of the changes too; a move that the repair undoes is left out.
         """
         changes = {}
         for name in names:
@@ -476,7 +538,8 @@ class SearchSpace:
                 moved = self._step(p, current, rng, scale)
                 if moved is not None:
                     changes[name] = moved
-        return changes
+        repaired = self.repair({**params, **changes})
+        return {k: v for k, v in repaired.items() if not _same(v, params.get(k, self[k].default))}
 
     def _step(self, p: Param, current: Any, rng: random.Random, scale: float) -> Any:
         if p.low == p.high:
@@ -576,7 +639,10 @@ def _parse_line(line: str, number: int) -> Param:
             if kind == "float":
                 bounds = [float(b) if _is_number(b) else b for b in bounds]
                 default = float(default) if _is_number(default) else default
-            return Param(name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default)
+            multiple = tuple(flags.get("multiple_of", ()))
+            if multiple and kind != "int":
+                raise SpaceError("multiple_of applies to int parameters only")
+            return Param(name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default, multiple)
         if kind == "choice":
             return Param(
                 name, kind, choices=tuple(bounds), frozen="frozen" in flags, log="log" in flags, default=default
@@ -588,7 +654,7 @@ def _parse_line(line: str, number: int) -> Param:
         raise SpaceError(f"{where}: {exc}") from exc
 
 
-def _parse_comment(body: str) -> tuple[str, list[Any], set[str]]:
+def _parse_comment(body: str) -> tuple[str, list[Any], dict[str, Any]]:
     """Split ``kind [bounds] flags`` using the tokenizer; the bracket is evaluated element by element."""
     try:
         tokens = [
@@ -617,6 +683,17 @@ def _parse_comment(body: str) -> tuple[str, list[Any], set[str]]:
         bounds = [_eval_node(element, text) for element in node.elts]
         rest = rest[close + 1 :]
     flags = [t.string for t in rest]
+    options: dict[str, Any] = {}
+    if "multiple_of" in flags:  # multiple_of NAME*NAME...: the last clause
+        at = flags.index("multiple_of")
+        factors = flags[at + 1 :]
+        names = factors[::2]
+        if not names or any(not n.isidentifier() for n in names) or any(op != "*" for op in factors[1::2]):
+            raise SpaceError(f"multiple_of needs NAME or NAME*NAME..., got {' '.join(factors)!r}")
+        if len(factors) % 2 == 0:
+            raise SpaceError(f"multiple_of ends with an operator: {' '.join(factors)!r}")
+        options["multiple_of"], flags = names, flags[:at]
     if any(f not in ("log", "frozen") for f in flags) or len(set(flags)) != len(flags):
-        raise SpaceError(f"unexpected flags {flags}: only 'log' and 'frozen', each once")
-    return tokens[0].string, bounds, set(flags)
+        raise SpaceError(f"unexpected flags {flags}: only 'log', 'frozen' and a final 'multiple_of', each once")
+    options.update({f: True for f in flags})
+    return tokens[0].string, bounds, options

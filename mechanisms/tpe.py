@@ -64,7 +64,7 @@ def propose(view: Any) -> dict[str, Any]:
         sampler = optuna.samplers.TPESampler(seed=(view.seed + attempt) % 2**32)
         study = optuna.create_study(direction="minimize", sampler=sampler)
         study.add_trials(trials)
-        params = study.ask(dists).params
+        params = view.space.repair({**view.incumbent, **study.ask(dists).params})  # the batch rule, as declared
         changes = {k: v for k, v in params.items() if not _same(v, view.incumbent.get(k))}
         if changes and not view.check_changes(changes, max_changes=None):
             return {

@@ -194,8 +194,7 @@ def fallback_proposal(state: InnerState, ctx: InnerContext, why: str, names: lis
     candidates = names or allowed_names(ctx.space, frozen, None)
     for _ in range(50):
         name = rng.choice(candidates)
-        step = ctx.space.neighbour(incumbent, rng, [name], 0.25)
-        changes = {name: step[name]}
+        changes = ctx.space.neighbour(incumbent, rng, [name], 0.25)  # the batch rule may repair a second one
         if not ctx.space.check_changes(changes, incumbent, frozen):
             break
     ctx.ledger.event("proposal_fallback", iteration=state.get("iteration", 0), reason=why, changes=changes)

@@ -93,11 +93,12 @@ an automated hyperparameter search. The contract:
 - module constants NAME (a short identifier) and TARGET = "propose";
 - one entry function `def propose(view):` returning {{"changes": {{name: value}}, "hypothesis": str,
   "expected_direction": "lower"}} with 1 to 3 changes of parameters from view.space, inside their ranges, not frozen,
-  not equal to the incumbent value;
+  not equal to the incumbent value, and keeping every multiple_of rule of the space (train.py refuses the others);
 - view fields: view.trace (tuple of experiment dicts: id, iteration, params, changes, val_bpb, status), view.space
-  (params: name, kind, low, high, choices, log; methods check_changes, neighbour(params, rng, names, scale), sample,
-  distance, free_names(frozen)), view.incumbent (dict), view.best_bpb, view.iteration, view.rng (random.Random:
-  the only randomness allowed), view.settings (strategy, frozen, guidance), view.ask_llm(guidance="", constraints=None)
+  (params: name, kind, low, high, choices, log, multiple_of; methods check_changes, neighbour(params, rng, names,
+  scale), sample, repair(config) (a configuration moved to satisfy multiple_of rules), distance,
+  free_names(frozen)), view.incumbent (dict), view.best_bpb, view.iteration, view.rng (random.Random: the only
+  randomness allowed), view.settings (strategy, frozen, guidance), view.ask_llm(guidance="", constraints=None)
   which returns an LLM proposal dict (constraints={{"only": [names]}} restricts which parameters it may change);
 - no I/O, no global state: derive all memory from view.trace. Allowed imports: math, random, itertools, collections,
   statistics, functools, heapq, dataclasses, typing, numpy. No dunder attributes, no open/exec/eval/getattr."""

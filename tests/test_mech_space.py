@@ -143,3 +143,29 @@ def test_levels_and_groups(space: SearchSpace) -> None:
         "schedule": ("WARMUP_RATIO",),
         "batch": ("TOTAL_BATCH_SIZE",),
     }
+
+
+def test_the_batch_rule_is_declared_checked_and_kept_by_every_move() -> None:
+    from nodes.context import TRAIN_PATH
+
+    real = SearchSpace.from_train_source(TRAIN_PATH.read_text())
+    assert real["TOTAL_BATCH_TOKENS"].multiple_of == ("DEVICE_BATCH_SIZE", "SEQ_LEN")
+    base = real.defaults()
+    errors = real.check_changes({"DEVICE_BATCH_SIZE": 12}, base)  # 12 * 256 does not divide 8192
+    assert errors == [
+        "TOTAL_BATCH_TOKENS=8192 is not a multiple of DEVICE_BATCH_SIZE*SEQ_LEN=3072 (train.py refuses it)"
+    ]
+    fixed = real.repair({**base, "DEVICE_BATCH_SIZE": 12})
+    assert fixed["TOTAL_BATCH_TOKENS"] == 9216 and real.constraint_errors(fixed) == []
+    rng = random.Random(0)
+    for _ in range(200):
+        assert real.constraint_errors(real.sample(rng)) == []
+        step = real.neighbour(base, rng, [rng.choice(["DEVICE_BATCH_SIZE", "SEQ_LEN", "TOTAL_BATCH_TOKENS"])], 0.3)
+        assert not step or real.check_changes(step, base, max_changes=None) == [], step  # {}: snapped back
+    assert SearchSpace.from_dict(real.to_dict()) == real
+    with pytest.raises(SpaceError, match="not integer parameters"):
+        SearchSpace.from_train_source(
+            "# ---- hyperparameters: the inner loop edits this block ----\n"
+            "A = 8  # int [1, 64] multiple_of B\nB = 0.5  # float [0.1, 1.0]\n"
+            "# ---- end of hyperparameters ----\n"
+        )
