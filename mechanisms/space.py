@@ -151,7 +151,7 @@ class Param:
     log: bool = False
     frozen: bool = False
     default: Any = None
-    multiple_of: tuple[str, ...] = ()  # int only: the value must be a multiple of these parameters' product
+    multiple_of: tuple[str, ...] = ()  # int only: the value is a multiple of these (integer) parameters' product
 
     def __post_init__(self) -> None:
         errors = _param_errors(self)
@@ -214,6 +214,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _tuples(p: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameter's dict (from `to_dict`) with its sequences as the tuples `Param` holds."""
     return {**p, "choices": tuple(p.get("choices", ())), "multiple_of": tuple(p.get("multiple_of", ()))}
 
 
@@ -228,6 +229,8 @@ def _param_errors(p: Param) -> list[str]:
     if p.kind not in KINDS:
         return [f"unknown kind {p.kind!r} (one of {', '.join(KINDS)})"]
     errors: list[str] = []
+    if p.multiple_of and p.kind != "int":
+        errors.append("multiple_of applies to int parameters only")
     if p.kind in ("int", "float"):
         if not (_is_number(p.low) and _is_number(p.high)):
             return ["needs numeric bounds [low, high]"]
@@ -318,14 +321,7 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         try:
-            return cls(
-                tuple(
-                    Param(
-                        **{**p, "choices": tuple(p.get("choices", ())), "multiple_of": tuple(p.get("multiple_of", ()))}
-                    )
-                    for p in data["params"]
-                )
-            )
+            return cls(tuple(Param(**_tuples(p)) for p in data["params"]))
         except (KeyError, TypeError) as exc:
             raise SpaceError(f"malformed search-space dict: {exc}") from exc
 
