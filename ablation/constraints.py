@@ -1,7 +1,7 @@
 """The rule between parameters of gpt/train.py's search space: the total batch is a whole number of micro-batches
 (train.py raises ConfigError, exit 2, otherwise). train.py declares it (`multiple_of` on TOTAL_BATCH_TOKENS), so every
-proposer meets it as a refused proposal; the sampling design repairs its points with it, and the surrogate crashes
-exactly where it is violated, as the real trainer does."""
+proposer meets it as a refused proposal; the sampling design repairs its points with `SearchSpace.repair`, and the
+surrogate crashes exactly where it is violated, as the real trainer does."""
 
 from __future__ import annotations
 
@@ -18,8 +18,3 @@ def config_error(params: Mapping[str, Any]) -> str | None:
     """Why gpt/train.py refuses ``params`` before training (exit 2), or None."""
     errors = SPACE.constraint_errors(params)
     return "; ".join(errors) if errors else None
-
-
-def repair(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with the total batch moved to the nearest (in log scale) multiple of the micro-batch in its bounds."""
-    return space.repair(params)

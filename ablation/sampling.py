@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-from ablation.constraints import repair
 from mechanisms.space import Param, SearchSpace
 from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
@@ -79,7 +78,7 @@ def design(space: SearchSpace, n: int, seed: int, half_width: float | None = Non
             if half_width is not None:
                 u = min(1.0, max(0.0, unit_centre(p) + (2 * u - 1) * half_width))
             point[p.name] = from_unit(p, float(u))
-        points.append(repair(space, point))
+        points.append(space.repair(point))
     return points
 
 

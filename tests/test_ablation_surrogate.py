@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from support import SPLIT, synthetic_bpb
 
-from ablation.constraints import config_error, repair
+from ablation.constraints import config_error
 from ablation.harness import Ablation, AblationSpec
 from ablation.sampling import (
     archive_path,
@@ -113,7 +113,7 @@ def test_the_batch_constraint_is_repaired_in_the_plan_and_enforced_by_the_surrog
     assert config_error(base) is None
     bad = {**base, "TOTAL_BATCH_TOKENS": 7943, "DEVICE_BATCH_SIZE": 34}
     assert "not a multiple" in config_error(bad)
-    fixed = repair(SPACE, bad)
+    fixed = SPACE.repair(bad)
     assert config_error(fixed) is None and fixed["TOTAL_BATCH_TOKENS"] == 8704  # 34 * 256 is the nearest multiple
     assert all(config_error(p["params"]) is None for p in plan(SPACE, 36, 4, 0))
     outcome = SurrogateExecutor.load(samples).run(
