@@ -47,6 +47,7 @@ from nodes.train import read_outcome_file
 from nodes.trainer import REPO_ROOT, Executor, TrainerSettings, Trial
 
 BASELINES = {"random": "random_search", "tpe": "tpe"}
+NO_MODEL = "none: this run never asks a model (any call fails)"
 GROUP_NAMES = (*GROUPS, *BASELINES)
 NOISE_SEED = 10_000  # noise-floor seeds: far from the repeats' seeds
 CONFIRM_SEED = 20_000  # seeds of the re-trainings of a run's best
@@ -336,7 +337,7 @@ class Ablation:
 
             def chat_for(config: RunConfig) -> BaseChatModel:
                 if config.mechanism in BASELINES.values():
-                    return ScriptedChatModel(script=[])
+                    return ScriptedChatModel(script=[], description=NO_MODEL)
                 if not opened:
                     logs = log_dir or self.root
                     if settings.embedded and threads is not None:

@@ -72,7 +72,7 @@ def execute(
                 open_chat_model(llm_settings(config), server_log=run_dir / "llm_server.log")
             )
         else:
-            description = type(llm).__name__
+            description = getattr(llm, "description", None) or type(llm).__name__
         ledger.event("run_start", level=config.level, llm=description, inner_only=inner_only, executor=config.executor)
         ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor or executor_for(config))
         if executor is None and not is_surrogate(config):  # the real trainer: build the data before the first trial

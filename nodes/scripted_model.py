@@ -47,6 +47,8 @@ class ScriptedChatModel(FakeMessagesListChatModel):
     usage: UsageMetadata | None = None
     """Token counts attached to every answer that does not carry its own (so budget accounting is testable)."""
     model_name: str = "scripted"
+    description: str | None = None
+    """How a run's `run_start` event names this model (default: the class name)."""
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     """The messages of every call, in order."""
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from support import SyntheticExecutor, config
 
+from ablation.harness import NO_MODEL, Ablation, AblationSpec
 from graphs.run import execute
 from mechanisms.base import (
     BASELINE_NAMES,
@@ -105,13 +106,16 @@ def test_tpe_memory_is_the_trace_and_crashes_count_as_the_worst() -> None:
 
 
 def test_a_baseline_runs_through_execute_without_the_llm(tmp_path) -> None:
-    llm = ScriptedChatModel(script=[])  # any call would raise ScriptExhausted and stop the run
-    final = execute(
-        config(tmp_path, level="1", iterations=6, segment=3, mechanism="tpe"), llm=llm, executor=SyntheticExecutor()
-    )
+    run_config = config(tmp_path, level="1", iterations=6, segment=3, mechanism="tpe")
+    ablation = Ablation.open(tmp_path / "abl", AblationSpec(groups=["tpe"], repeats=1, iterations=6))
+    with ablation.llms(None) as chat_for:  # the harness's own choice: no server, a model that fails if asked
+        llm = chat_for(run_config)
+    assert isinstance(llm, ScriptedChatModel) and "llm" not in ablation.manifest
+    final = execute(run_config, llm=llm, executor=SyntheticExecutor())
     experiments = final["inner"]["experiments"]
     assert len(experiments) == 7 and not llm.calls
     assert {e["mechanism"].split("@")[0] for e in experiments[1:]} == {"tpe"}
     assert max(len(e["changes"]) for e in experiments[1:]) > MAX_CHANGES
     calls = list(Ledger(tmp_path / "run").events("mechanism_call"))
     assert len(calls) == 6 and all(c["ok"] and c["llm_asks"] == 0 for c in calls)
+    assert next(Ledger(tmp_path / "run").events("run_start"))["llm"] == NO_MODEL
