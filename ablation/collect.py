@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,23 @@ def improvements(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if e["status"] == "crash" or not isinstance(bpb, int | float):
             continue
         if best is not None and e["status"] == "keep" and bpb < best:
-            out.append({"iteration": e["iteration"], "val_bpb": bpb, "gain": best - bpb, "id": e["id"]})
+            out.append(
+                {
+                    "iteration": e["iteration"],
+                    "val_bpb": bpb,
+                    "gain": best - bpb,
+                    "id": e["id"],
+                    "source": e.get("proposal_source") or "?",
+                }
+            )
         best = bpb if best is None else min(best, bpb)
     return out
+
+
+def proposal_sources(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many experiments after the baseline each proposal source gave: `llm` (a valid answer of the model),
+    `fallback` (the recorded seeded step taken when the model gave none), `mechanism` (a mechanism's own proposal)."""
+    return dict(Counter(e.get("proposal_source") or "?" for e in records if e["iteration"] > 0))
 
 
 def llm_use(ledger: Ledger) -> dict[str, dict[str, float]]:
@@ -135,6 +149,7 @@ def run_record(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
         "best_curve": running_best(records),
         "points": [[e["iteration"], e.get("val_bpb"), e["status"]] for e in records],
         "improvements": improvements(records),
+        "sources": proposal_sources(records),
         "proposers": [e.get("mechanism", "") for e in records],
         "llm": llm_use(ledger),
         "time": time_use(ledger),

@@ -55,6 +55,18 @@ def llm_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def source_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per proposal source: experiments per run (mean) and the kept improvements it gave (total over the runs)."""
+    names = sorted({name for r in runs for name in r.get("sources", {})})
+    return {
+        name: {
+            "per_run": _mean([r.get("sources", {}).get(name, 0) for r in runs]),
+            "kept": sum(imp.get("source") == name for r in runs for imp in r["improvements"]),
+        }
+        for name in names
+    }
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
@@ -115,6 +127,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
             "experiments": sum(r["experiments"] for r in runs),
             "curve": curve(runs, length),
             "llm": llm_table(runs),
+            "sources": source_table(runs),
             "wall_s": _mean([r["time"]["wall_s"] for r in runs]),
             "training_s": _mean([r["time"]["training_s"] for r in runs]),
             "mechanisms": mechanism_table(runs),

@@ -80,6 +80,22 @@ def cost_table(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+SOURCES = ("llm", "fallback", "mechanism")
+
+
+def source_lines(analysis: dict[str, Any]) -> list[str]:
+    """Where each group's proposals came from, and which of them gave the kept improvements."""
+    head = " | ".join(f"{s} per run | {s} kept" for s in SOURCES)
+    lines = [f"| group | {head} |", "|---" * (1 + 2 * len(SOURCES)) + "|"]
+    for group, g in analysis["groups"].items():
+        sources = g.get("sources", {})
+        cells = " | ".join(
+            f"{f(sources[s]['per_run'], 1)} | {sources[s]['kept']}" if s in sources else "0 | 0" for s in SOURCES
+        )
+        lines.append(f"| {group} | {cells} |")
+    return lines
+
+
 def mechanism_lines(analysis: dict[str, Any]) -> list[str]:
     lines = []
     for group in ("C", "D"):
@@ -146,6 +162,11 @@ def write_report(root: Path) -> Path:
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),
+        "\n## Where the proposals came from\n",
+        "Experiments per run by the source of their proposal (*llm*: a valid answer of the model; *fallback*: the "
+        "recorded seeded one-parameter step taken when the model's answer was refused; *mechanism*: a mechanism's own "
+        "proposal), and how many kept improvements each source gave over all runs.\n",
+        *source_lines(analysis),
     ]
     if has_mechanisms:
         lines += ["\n## Mechanisms (Level 2)\n", *mechanism_lines(analysis), "\n![mechanisms](mechanisms.png)"]

@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-DURABILITY = "sync"
+DURABILITY: Final = "sync"
 RESUME_FROM_LEDGER = "python -m graphs.bilevel resume {run_dir} --from-ledger"
 
 

@@ -196,7 +196,7 @@ def resume_from_ledger(config: RunConfig) -> str:
     from graphs.runs import base_source
     from mechanisms.space import SearchSpace
     from nodes.mechanism_loader import load_mechanism
-    from nodes.state import SegmentRecord
+    from nodes.state import InnerState, SegmentRecord
 
     run_dir = Path(config.run_dir)
     events = ledger.trace_events(run_dir)
@@ -215,15 +215,15 @@ def resume_from_ledger(config: RunConfig) -> str:
             graph.update_state(RunnableConfig(configurable={"thread_id": "inner"}), values, as_node="decide")
         else:
             cycle = ledger.next_cycle(events)
-            outer = initial_outer_state(inner, mechanism, config.level, total)
+            outer = initial_outer_state(cast(InnerState, inner), mechanism, config.level, total)
             rebuilt = {"cycle": cycle, "event": "rebuilt_from_ledger", "mechanism": mechanism["id"]}
             outer["cycle"], outer["history"] = cycle, [rebuilt]
             outer["segments"] = cast(list[SegmentRecord], ledger.segments_from(events))
             if done:
                 outer["stop_reason"] = "all iterations done"
-            graph = build_outer_graph().compile(checkpointer=saver)
+            outer_graph = build_outer_graph().compile(checkpointer=saver)
             thread: RunnableConfig = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
-            graph.update_state(thread, outer, as_node="run_inner" if done else "inject")
+            outer_graph.update_state(thread, outer, as_node="run_inner" if done else "inject")
     return (
         f"rebuilt from the ledger: {inner['iteration']} experiments, best {inner['best_bpb']} ({inner['best_id']}); "
         f"database set aside in {aside or '(none: it was missing)'}"

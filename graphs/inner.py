@@ -22,9 +22,12 @@ from nodes.state import InnerState
 from nodes.train import train
 
 NODE_NAMES = ("propose", "train", "evaluate", "decide")
+InnerGraph = CompiledStateGraph[InnerState, InnerContext, InnerState, InnerState]
 
 
-def build_inner_graph(propose: Mechanism, decide: Mechanism | None = None) -> StateGraph:
+def build_inner_graph(
+    propose: Mechanism, decide: Mechanism | None = None
+) -> StateGraph[InnerState, InnerContext, InnerState, InnerState]:
     builder = StateGraph(InnerState, context_schema=InnerContext)
     builder.add_node("propose", make_propose(propose))
     builder.add_node("train", train)
@@ -38,7 +41,7 @@ def build_inner_graph(propose: Mechanism, decide: Mechanism | None = None) -> St
     return builder
 
 
-def default_graph() -> CompiledStateGraph:
+def default_graph() -> InnerGraph:
     """The inner graph with the default mechanisms, compiled without a checkpointer (for `langgraph dev`)."""
     from nodes.mechanism_loader import builtin_mechanism
 

@@ -12,15 +12,15 @@ the same code path and differ only in which steps act.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import networkx as nx
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from nodes.validate import validate
 
-from graphs.inner import build_inner_graph
+from graphs.inner import InnerGraph, build_inner_graph
 from nodes.adjust import adjust
 from nodes.analyze import analyze
 from nodes.compare import compare
@@ -29,12 +29,13 @@ from nodes.generate import generate
 from nodes.inject import inject
 from nodes.mechanism_loader import load_mechanism
 from nodes.segment_stats import segment_record
-from nodes.state import MechanismRecord, OuterState
+from nodes.state import InnerState, MechanismRecord, OuterState
+from nodes.validate import validate
 
 RECURSION_LIMIT = 100_000
 
 
-def inner_graph_for(record: MechanismRecord, ctx: OuterContext) -> CompiledStateGraph:
+def inner_graph_for(record: MechanismRecord, ctx: OuterContext) -> InnerGraph:
     """The inner graph with `record`'s mechanism as its `propose` node, rebuilt from the record alone."""
     mechanism = load_mechanism(record, ctx.inner.ledger.root)
     return build_inner_graph(mechanism).compile(checkpointer=ctx.checkpointer, name="inner")
@@ -46,7 +47,7 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
     cycle, inner = state.get("cycle", 0), state["inner"]
     first = inner.get("iteration", 0)
     graph = inner_graph_for(state["active"], ctx)
-    config = {"configurable": {"thread_id": f"segment-{cycle:03d}"}, "recursion_limit": RECURSION_LIMIT}
+    config: RunnableConfig = {"configurable": {"thread_id": f"segment-{cycle:03d}"}, "recursion_limit": RECURSION_LIMIT}
     snapshot = graph.get_state(config)
     if snapshot.values and not snapshot.next:
         final = snapshot.values  # finished before a kill interrupted the outer step: reuse, never re-run
@@ -54,7 +55,7 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
         start = (
             None
             if snapshot.next
-            else {**inner, "stop_at": min(first + ctx.segment, state["total"]), "stop_reason": None}
+            else cast(InnerState, {**inner, "stop_at": min(first + ctx.segment, state["total"]), "stop_reason": None})
         )
         ctx.inner.ledger.event(
             "segment_start",
@@ -64,7 +65,7 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
             first=first,
         )
         # A fresh context: the inner graph is a separate run on its own thread, not a subgraph of this node.
-        final = contextvars.Context().run(graph.invoke, start, config, context=ctx.inner, durability="sync")
+        final = contextvars.Context().run(lambda: graph.invoke(start, config, context=ctx.inner, durability="sync"))
     segment = segment_record(
         final.get("experiments", []), cycle, state["active"]["id"], first, final.get("iteration", first)
     )
@@ -83,7 +84,7 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
 
 
 def route_after_inner(state: OuterState) -> Literal["compare", "__end__"]:
-    return "compare" if not state.get("stop_reason") else END
+    return "compare" if not state.get("stop_reason") else END  # type: ignore[return-value]  # langgraph types END as str
 
 
 def route_after_validate(
@@ -108,7 +109,7 @@ def route_after_inject(state: OuterState) -> Literal["run_inner"]:
     return "run_inner"
 
 
-def build_outer_graph() -> StateGraph:
+def build_outer_graph() -> StateGraph[OuterState, OuterContext, OuterState, OuterState]:
     builder = StateGraph(OuterState, context_schema=OuterContext)
     for name, node in (
         ("run_inner", run_inner),
@@ -131,7 +132,7 @@ def build_outer_graph() -> StateGraph:
     return builder
 
 
-def topology(graph: CompiledStateGraph) -> nx.DiGraph:
+def topology(graph: CompiledStateGraph[Any, Any, Any, Any]) -> nx.DiGraph:
     drawn = graph.get_graph()
     g = nx.DiGraph()
     g.add_nodes_from(drawn.nodes)
@@ -153,12 +154,12 @@ def topology_problem(active: MechanismRecord, candidate: MechanismRecord, ctx: O
     return f"nodes that cannot reach END: {stranded}" if stranded else None
 
 
-def default_graph() -> CompiledStateGraph:
+def default_graph() -> CompiledStateGraph[OuterState, OuterContext, OuterState, OuterState]:
     """The outer graph compiled without a checkpointer (for `langgraph dev`; the CLI attaches SqliteSaver)."""
     return build_outer_graph().compile(name="bilevel")
 
 
-def initial_outer_state(inner: dict[str, Any], active: MechanismRecord, level: str, total: int) -> OuterState:
+def initial_outer_state(inner: InnerState, active: MechanismRecord, level: str, total: int) -> OuterState:
     return OuterState(
         level=level,
         cycle=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,13 @@ def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
         if e["status"] != "crash" and isinstance(e.get("val_bpb"), float):
             run = e["val_bpb"] if run is None else min(run, e["val_bpb"])
         best.append(run)
-    ax.step([e["iteration"] for e in experiments], best, where="post", color="#e76f51", label="running best")
+    ax.step(
+        [e["iteration"] for e in experiments],
+        [math.nan if b is None else b for b in best],
+        where="post",
+        color="#e76f51",
+        label="running best",
+    )
     for e in experiments:
         if e["status"] == "crash":
             ax.axvline(e["iteration"], color="#e63946", alpha=0.25, lw=1)
@@ -126,7 +133,7 @@ def write_report(run_dir: Path) -> Path:
     ledger = Ledger(run_dir)
     experiments = experiments_from_trace(ledger)
     activity = mechanism_activity(ledger)
-    llm = Counter()
+    llm: Counter[tuple[str, str]] = Counter()
     for e in ledger.events("llm_call"):
         llm[(e.get("level", "?"), "calls")] += 1
         llm[(e.get("level", "?"), "tokens")] += int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
 
 from checkpoints.sqlite import DURABILITY, open_checkpointer
 from graphs.inner import build_inner_graph
@@ -80,12 +81,12 @@ def execute(
         total = config.iterations + 1
         if inner_only:
             graph = build_inner_graph(load_mechanism(start_mechanism(config), run_dir)).compile(checkpointer=saver)
-            run_config = {"configurable": {"thread_id": "inner"}, "recursion_limit": RECURSION_LIMIT}
+            run_config: RunnableConfig = {"configurable": {"thread_id": "inner"}, "recursion_limit": RECURSION_LIMIT}
             snapshot = graph.get_state(run_config)
-            start = None if snapshot.next or snapshot.values else initial_inner_state(ctx.space, total)
+            inner_start = None if snapshot.next or snapshot.values else initial_inner_state(ctx.space, total)
             if snapshot.values and not snapshot.next:
                 return dict(snapshot.values)
-            final = graph.invoke(start, run_config, context=ctx, durability=DURABILITY)
+            final = graph.invoke(inner_start, run_config, context=ctx, durability=DURABILITY)
         else:
             outer_ctx = OuterContext(
                 inner=ctx,
@@ -98,19 +99,19 @@ def execute(
                 build_inner_graph(builtin_mechanism("llm_greedy")).compile().get_graph().draw_mermaid()
             )
             outer_ctx.topology_check = partial(topology_problem, ctx=outer_ctx)
-            graph = build_outer_graph().compile(checkpointer=saver, name="bilevel")
+            outer_graph = build_outer_graph().compile(checkpointer=saver, name="bilevel")
             run_config = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
-            snapshot = graph.get_state(run_config)
+            snapshot = outer_graph.get_state(run_config)
             if snapshot.values and not snapshot.next:
                 return dict(snapshot.values)
-            start = (
+            outer_start = (
                 None
                 if snapshot.next
                 else initial_outer_state(
                     initial_inner_state(ctx.space, 0), start_mechanism(config), config.level, total
                 )
             )
-            final = graph.invoke(start, run_config, context=outer_ctx, durability=DURABILITY)
+            final = outer_graph.invoke(outer_start, run_config, context=outer_ctx, durability=DURABILITY)
         ledger.event("run_end", llm_budget=ctx.budget.summary(), stop_reason=final.get("stop_reason"))
         write_json_atomic(run_dir / "summary.json", summary(final, ctx.budget.summary(), inner_only))
         return dict(final)

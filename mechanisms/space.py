@@ -176,7 +176,7 @@ class Param:
 
     def range_error(self, value: Any) -> str | None:
         """Why a value of the right kind lies outside this parameter's bounds or choices, or None."""
-        if self.kind in ("int", "float") and not (self.low <= value <= self.high):  # type: ignore[operator]
+        if self.kind in ("int", "float") and not (self.low <= value <= self.high):
             return f"{self.name}={value!r} is outside [{self.low}, {self.high}]"
         if self.kind == "choice" and not any(_same(value, c) for c in self.choices):
             return f"{self.name}={value!r} is not one of {list(self.choices)}"
@@ -405,7 +405,7 @@ class SearchSpace:
             product = math.prod(out[n] for n in p.multiple_of)
             if not product or out[p.name] % product == 0:
                 continue
-            low, high = math.ceil(p.low / product), math.floor(p.high / product)  # type: ignore[operator]
+            low, high = math.ceil(p.low / product), math.floor(p.high / product)
             if low > high:
                 continue
             ratio = out[p.name] / product

@@ -17,14 +17,14 @@ from nodes.structured import LLMBudgetExhausted
 
 
 def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:
-    name = Literal[names]  # type: ignore[valid-type]
-    return create_model(
-        "Adjustment",
-        strategy=(Literal["explore", "exploit", "focused"], Field(description="how the next segment searches")),
-        freeze=(list[name], Field(default_factory=list, max_length=10, description="parameters to stop changing")),
-        unfreeze=(list[name], Field(default_factory=list, max_length=10, description="parameters to free again")),
-        guidance=(str, Field(default="", description="one or two sentences for the proposer")),
-    )
+    name: Any = Literal[names]
+    fields: dict[str, Any] = {
+        "strategy": (Literal["explore", "exploit", "focused"], Field(description="how the next segment searches")),
+        "freeze": (list[name], Field(default_factory=list, max_length=10, description="parameters to stop changing")),
+        "unfreeze": (list[name], Field(default_factory=list, max_length=10, description="parameters to free again")),
+        "guidance": (str, Field(default="", description="one or two sentences for the proposer")),
+    }
+    return create_model("Adjustment", **fields)
 
 
 def apply_caps(
@@ -50,7 +50,7 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     if not ctx.acts("adjust") or state.get("stop_reason"):
         return {}
     inner = state["inner"]
-    settings = dict(inner.get("settings", {}))
+    settings: dict[str, Any] = dict(inner.get("settings", {}))
     free = ctx.inner.space.free_names()
     segments = state.get("segments", [])
     prompt = ADJUST_USER.format(

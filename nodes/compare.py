@@ -9,10 +9,10 @@ from langgraph.runtime import Runtime
 
 from nodes.context import OuterContext
 from nodes.ledger import write_json_atomic
-from nodes.state import OuterState
+from nodes.state import OuterState, SegmentRecord
 
 
-def judge(trial: dict[str, Any], before: dict[str, Any] | None) -> tuple[bool, str]:
+def judge(trial: SegmentRecord, before: SegmentRecord | None) -> tuple[bool, str]:
     """Keep when the trial segment moved the best further than the segment before it (ties roll back: no evidence)."""
     if trial["crashes"] > trial["last"] - trial["first"] - trial["crashes"]:
         return False, f"more crashes ({trial['crashes']}) than successful experiments in its segment"
@@ -31,7 +31,7 @@ def compare(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
     before = segments[-2] if len(segments) > 1 else None
     keep, evidence = judge(trial, before)
     active, previous = state["active"], state.get("previous")
-    decision = {
+    decision: dict[str, Any] = {
         "cycle": state.get("cycle", 0),
         "event": "kept" if keep else "rolled_back",
         "mechanism": active["id"],

@@ -7,7 +7,7 @@ never the last one tried. The decision itself comes from the active `decide` mec
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
@@ -73,12 +73,12 @@ def decide_step(state: InnerState, ctx: InnerContext, mechanism: Mechanism | Non
         zip(state.get("batch", []), state.get("outcomes", []), strict=True), key=lambda pair: pair[0]["id"]
     ):
         current.update(decide_one(current, ctx, mechanism, item, outcome))
-    updates = {
+    updates: dict[str, Any] = {
         k: current[k] for k in ("experiments", "incumbent", "incumbent_id", "best_bpb", "best_id") if k in current
     }
     updates.update(batch=[], outcomes=[], iteration=state.get("iteration", 0) + len(state.get("batch", [])))
     ctx.ledger.write_results(updates["experiments"])
-    stop = stop_reason({**state, **updates}, ctx)
+    stop = stop_reason(cast(InnerState, {**state, **updates}), ctx)
     if stop:
         updates["stop_reason"] = stop
     return updates
@@ -98,9 +98,9 @@ def decide_one(
         if mechanism is not None:
             judged = {**state, "iteration": item["iteration"]}
             decision, _ = run_mechanism(
-                judged,
+                cast(InnerState, judged),
                 ctx,
-                mechanism,  # type: ignore[arg-type]
+                mechanism,
                 result=experiment_record(item, outcome, "pending", ""),
             )
         decision = decision or greedy_decision(outcome["result"]["val_bpb"], best, ctx.noise_margin)
@@ -132,7 +132,7 @@ def stop_reason(state: InnerState, ctx: InnerContext) -> str | None:
 
 
 def route_after_decide(state: InnerState) -> Literal["propose", "__end__"]:
-    return END if state.get("stop_reason") else "propose"
+    return END if state.get("stop_reason") else "propose"  # type: ignore[return-value]  # langgraph types END as str
 
 
 def _progress_line(ctx: InnerContext, record: dict[str, Any], best: float | None) -> None:

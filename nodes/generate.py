@@ -34,12 +34,12 @@ class GeneratedMechanism(BaseModel):
 
 
 def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
-    return create_model(
-        "Composition",
-        family=(Literal[families], Field(description="the mechanism family")),  # type: ignore[valid-type]
-        params=(list[Setting], Field(default_factory=list, max_length=8, description="parameters of the family")),
-        rationale=(str, Field(default="", description="why it fits the diagnosis")),
-    )
+    fields: dict[str, Any] = {
+        "family": (Literal[families], Field(description="the mechanism family")),
+        "params": (list[Setting], Field(default_factory=list, max_length=8, description="parameters of the family")),
+        "rationale": (str, Field(default="", description="why it fits the diagnosis")),
+    }
+    return create_model("Composition", **fields)
 
 
 def _families(active: str) -> str:
@@ -149,7 +149,7 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
             "generate", cycle=state.get("cycle", 0), mode="generate", candidate=None, errors=answer.errors
         )
         return {"candidate": None, "candidate_source": None}
-    value: GeneratedMechanism = answer.value  # type: ignore[assignment]
+    value: GeneratedMechanism = answer.value
     source = _strip_fences(value.source)
     name = re.sub(r"[^a-z0-9_]", "_", value.name.lower())[:40] or "generated"
     record = mechanism_record(name, "generated", source)

@@ -21,7 +21,7 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     validation = state.get("validation") or {}
     if candidate is None or not validation.get("ok"):
         return {}
-    record = dict(candidate)
+    record: dict[str, Any] = dict(candidate)
     folder = ctx.inner.ledger.mechanism_dir(record["id"].replace("@", "-"))
     source = state.get("candidate_source") or ""
     write_atomic(folder / "source.py", source)

@@ -41,27 +41,28 @@ def value_type(p: Param) -> Any:
     return {"int": int, "float": float, "bool": bool}[p.kind]
 
 
+def change_schema(space: SearchSpace, name: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "name": (Literal[name], Field(description=describe_param(space[name]))),
+        "value": (value_type(space[name]), Field(description=f"new value of {name}")),
+    }
+    return create_model(f"Change_{name}", **fields)
+
+
 def proposal_schema(space: SearchSpace, names: list[str]) -> type[BaseModel]:
     """A proposal schema in which each change is one of the allowed parameters with a value of its type (a
     constrained decoder cannot invent a name or a type; any other endpoint's invention fails validation and is
     re-asked). Ranges are checked after parsing, with a message the model can act on."""
-    changes = [
-        create_model(
-            f"Change_{name}",
-            name=(Literal[name], Field(description=describe_param(space[name]))),
-            value=(value_type(space[name]), Field(description=f"new value of {name}")),
-        )
-        for name in names
-    ]
+    changes = [change_schema(space, name) for name in names]
     change: Any = changes[0]
     if len(changes) > 1:  # tagged by name: a bad answer gets one short error, not one per parameter
         change = Annotated[Union[tuple(changes)], Field(discriminator="name")]  # noqa: UP007 - built at run time
-    return create_model(
-        "Proposal",
-        changes=(list[change], Field(min_length=1, max_length=3)),
-        hypothesis=(str, Field(description="why this should lower val_bpb")),
-        expected_direction=(Literal["lower", "higher"], Field(description="expected direction of val_bpb")),
-    )
+    fields: dict[str, Any] = {
+        "changes": (list[change], Field(min_length=1, max_length=3)),
+        "hypothesis": (str, Field(description="why this should lower val_bpb")),
+        "expected_direction": (Literal["lower", "higher"], Field(description="expected direction of val_bpb")),
+    }
+    return create_model("Proposal", **fields)
 
 
 def format_history(experiments: list[dict[str, Any]]) -> str:
@@ -174,7 +175,7 @@ def _ask_code(state: InnerState, ctx: InnerContext, guidance: str, caller: str) 
     if answer.fallback or answer.value is None:
         names = allowed_names(ctx.space, list(state.get("settings", {}).get("frozen", [])), None)
         return fallback_proposal(state, ctx, "; ".join(answer.errors[-2:]) or "no valid edit", names)
-    value: CodeProposal = answer.value  # type: ignore[assignment]
+    value: CodeProposal = answer.value
     return {
         "changes": {},
         "edits": [e.model_dump() for e in value.edits],

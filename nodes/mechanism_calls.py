@@ -114,7 +114,7 @@ def run_mechanism(
     )
     if output is not None and mechanism.record["target"] == "propose":
         output = {**output, "source": "mechanism" if changed else asks[-1]["source"]}
-    event = {
+    event: dict[str, Any] = {
         "mechanism": mechanism.id,
         "origin": mechanism.record.get("origin"),
         "target": mechanism.record["target"],

@@ -6,8 +6,7 @@ With a batch size k > 1 the mechanism is called k times; each call sees the prop
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
@@ -18,7 +17,11 @@ from nodes.mechanism_calls import Mechanism, run_mechanism
 from nodes.state import InnerState
 from nodes.structured import LLMBudgetExhausted
 
-Node = Callable[[InnerState, Runtime[InnerContext]], dict[str, Any]]
+
+class Node(Protocol):
+    """An inner-graph node: a plain function of the state and the runtime (its context), returning an update."""
+
+    def __call__(self, state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]: ...
 
 
 def experiment_id(iteration: int) -> str:
@@ -98,9 +101,8 @@ def make_propose(mechanism: Mechanism) -> Node:
                 if not batch:
                     return {"batch": [], "stop_reason": str(e)}
         for item in batch:
-            ctx.ledger.event(
-                "propose", experiment=item["id"], **{k: v for k, v in item.items() if k not in ("id", "params")}
-            )
+            fields: dict[str, Any] = {k: v for k, v in item.items() if k not in ("id", "params")}
+            ctx.ledger.event("propose", experiment=item["id"], **fields)
         return {"batch": batch, "outcomes": []}
 
     propose.__name__ = f"propose[{mechanism.id}]"
@@ -108,4 +110,4 @@ def make_propose(mechanism: Mechanism) -> Node:
 
 
 def route_after_propose(state: InnerState) -> Literal["train", "__end__"]:
-    return "train" if state.get("batch") else END
+    return "train" if state.get("batch") else END  # type: ignore[return-value]  # langgraph types END as str

@@ -109,10 +109,14 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     assert figures["groups"]["C"]["mechanisms"]["tabu"]["calls"] > 0  # the composed mechanism ran
     assert figures["groups"]["B"]["llm"]["L1.5"]["calls"] > 0 and figures["groups"]["A"]["llm"]["L1.5"]["calls"] == 0
     assert figures["groups"]["tpe"]["llm"]["L1"]["calls"] == 0
+    tpe_sources, a_sources = figures["groups"]["tpe"]["sources"], figures["groups"]["A"]["sources"]
+    assert list(tpe_sources) == ["mechanism"] and tpe_sources["mechanism"]["per_run"] == 4.0
+    assert set(a_sources) <= {"llm", "fallback"} and sum(s["per_run"] for s in a_sources.values()) == 4.0
+    assert sum(s["kept"] for s in a_sources.values()) == figures["groups"]["A"]["kept_improvements"]
     for png in ("running_best", "progress", "deltas", "mechanisms"):
         assert (report.parent / f"{png}.png").stat().st_size > 10_000
     text = report.read_text()
-    assert "| random | 2 |" in text and "Noise floor" in text
+    assert "| random | 2 |" in text and "Noise floor" in text and "Where the proposals came from" in text
     assert elapsed < 120, elapsed
 
 
