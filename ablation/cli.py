@@ -217,9 +217,13 @@ def finish(ablation: Ablation, args: argparse.Namespace) -> int:
 def main_resume(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation resume")
     ap.add_argument("out", type=Path)
+    ap.add_argument("--repeats", type=int, help="grow the ablation to this many repeats (never fewer)")
     add_runtime_flags(ap)
     args = ap.parse_args(argv)
-    return finish(Ablation.open(args.out), args)
+    ablation = Ablation.open(args.out)
+    if args.repeats is not None:
+        ablation.extend(args.repeats)
+    return finish(ablation, args)
 
 
 def main_report(argv: list[str]) -> int:

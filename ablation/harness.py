@@ -150,6 +150,18 @@ class Ablation:
     def save(self) -> None:
         write_json_atomic(self.root / MANIFEST, self.manifest)
 
+    def extend(self, repeats: int) -> None:
+        """Plan more repeats (seeds continue where they stopped); finished repeats are kept and never re-run. The
+        change is recorded in the manifest, so a report says how the ablation grew."""
+        if repeats < self.spec.repeats:
+            raise ValueError(f"{self.root} already plans {self.spec.repeats} repeats; an ablation only grows")
+        if repeats == self.spec.repeats:
+            return
+        self.manifest.setdefault("extended", []).append({"time": time.time(), "from": self.spec.repeats, "to": repeats})
+        self.spec = dataclasses.replace(self.spec, repeats=repeats)
+        self.manifest["spec"] = dataclasses.asdict(self.spec)
+        self.save()
+
     def plan(self) -> list[tuple[str, int]]:
         """Repeat-major order, so an ablation stopped early still holds complete pairs."""
         return [(group, repeat) for repeat in range(self.spec.repeats) for group in self.spec.groups]

@@ -47,6 +47,12 @@ def setup_lines(data: dict[str, Any], fit: dict[str, Any] | None) -> list[str]:
         f"- LLM: {manifest.get('llm', spec.get('model') or 'embedded default')}",
         f"- host: {manifest.get('host', {}).get('system', '?')}; started {created}",
         *([f"- surrogate samples: {fit['samples']} real trainings ({fit['crashed']} crashed)"] if fit else []),
+        *(
+            f"- grown from {e['from']} to {e['to']} repeats on "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))} (`ablation resume --repeats`; the "
+            "finished repeats were kept)"
+            for e in manifest.get("extended", [])
+        ),
     ]
 
 

@@ -194,6 +194,27 @@ def test_kill_9_mid_ablation_then_resume_never_reruns_a_finished_repeat(tmp_path
         ]
 
 
+def test_a_finished_ablation_grows_by_repeats_and_never_shrinks(tmp_path) -> None:
+    spec = AblationSpec(groups=["A", "tpe"], repeats=1, iterations=3, segment=2, budget_s=1.0, noise_repeats=2)
+    ablation = Ablation.open(tmp_path / "abl", spec)
+    assert ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    first = {rid: (ablation.root / "runs" / rid / "trace.jsonl").read_bytes() for rid in ("A-r00", "tpe-r00")}
+    grown = Ablation.open(tmp_path / "abl")
+    grown.extend(3)
+    with pytest.raises(ValueError, match="only grows"):
+        grown.extend(2)
+    reopened = Ablation.open(tmp_path / "abl")  # the new plan is the recorded one
+    assert reopened.spec.repeats == 3 and reopened.manifest["extended"][0]["from"] == 1
+    assert reopened.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    runs = reopened.manifest["runs"]
+    assert sorted(runs) == ["A-r00", "A-r01", "A-r02", "tpe-r00", "tpe-r01", "tpe-r02"]
+    assert [runs[f"A-r{r:02d}"]["seed"] for r in range(3)] == [0, 1, 2]
+    for rid, trace in first.items():  # the first repeat was not run again
+        assert (ablation.root / "runs" / rid / "trace.jsonl").read_bytes() == trace
+    text = write_report(reopened.root).read_text()
+    assert "3 repeats planned, 6/6 runs finished" in text and "grown from 1 to 3 repeats" in text
+
+
 def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     spec = AblationSpec(groups=["A", "tpe"], repeats=2, iterations=3, segment=2, budget_s=1.0, noise_repeats=2)
     ablation = Ablation.open(tmp_path / "abl", spec)
