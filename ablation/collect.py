@@ -89,10 +89,16 @@ def llm_use(ledger: Ledger) -> dict[str, dict[str, float]]:
 
 
 def time_use(ledger: Ledger) -> dict[str, float]:
-    """Wall time of the run (first to last event), training (train_end wall seconds), and the rest."""
-    times = [e["time"] for e in ledger.events() if "time" in e]
+    """Wall time of the run and of its trainings (train_end wall seconds). A run stopped and resumed is timed per
+    session — from its `run_start` to its last event — so the time it lay stopped does not count."""
+    sessions: list[list[float]] = []
+    for e in ledger.events():
+        if e.get("kind") == "run_start" or not sessions:
+            sessions.append([])
+        if "time" in e:
+            sessions[-1].append(e["time"])
+    wall = sum(max(times) - min(times) for times in sessions if times)
     training = sum(float(e.get("wall_seconds") or 0.0) for e in ledger.events("train_end"))
-    wall = (max(times) - min(times)) if times else 0.0
     return {"wall_s": wall, "training_s": training}
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import SyntheticExecutor, change  # noqa: E402
 
 from ablation import cli  # noqa: E402
-from ablation.collect import experiments  # noqa: E402
+from ablation.collect import experiments, time_use  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.pack import pack  # noqa: E402
 from ablation.report import write_report  # noqa: E402
@@ -213,6 +213,14 @@ def test_a_finished_ablation_grows_by_repeats_and_never_shrinks(tmp_path) -> Non
         assert (ablation.root / "runs" / rid / "trace.jsonl").read_bytes() == trace
     text = write_report(reopened.root).read_text()
     assert "3 repeats planned, 6/6 runs finished" in text and "grown from 1 to 3 repeats" in text
+
+
+def test_a_run_stopped_and_resumed_is_timed_without_its_downtime(tmp_path) -> None:
+    events = [("run_start", 100.0), ("train_end", 130.0), ("experiment", 160.0), ("run_start", 5000.0)]
+    events += [("train_end", 5030.0), ("run_end", 5040.0)]
+    lines = [{"event_id": str(i), "kind": kind, "time": t, "wall_seconds": 25.0} for i, (kind, t) in enumerate(events)]
+    (tmp_path / "trace.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert time_use(Ledger(tmp_path)) == {"wall_s": 60.0 + 40.0, "training_s": 50.0}
 
 
 def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
