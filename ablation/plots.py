@@ -130,7 +130,7 @@ def plot_deltas(data: dict[str, Any], analysis: dict[str, Any], path: Path) -> N
             ax.errorbar(
                 x + 0.25,
                 d["mean"],
-                yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
+                yerr=None if d["n"] < 2 else [[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
                 fmt="o",
                 color="black",
                 capsize=4,

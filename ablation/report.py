@@ -24,10 +24,16 @@ def f(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def ci(low: float, high: float) -> str:
+    return "[—]" if math.isnan(low) or math.isnan(high) else f"[{low:+.4f}, {high:+.4f}]"
+
+
 def pm(summary: dict[str, Any] | None) -> str:
     if not summary or not summary["n"]:
         return "—"
-    return f"{summary['mean']:+.4f} ± {f(summary['sd'])} [{summary['ci_low']:+.4f}, {summary['ci_high']:+.4f}]"
+    if summary["n"] == 1:
+        return f"{summary['mean']:+.4f} (n = 1)"
+    return f"{summary['mean']:+.4f} ± {f(summary['sd'])} {ci(summary['ci_low'], summary['ci_high'])}"
 
 
 def setup_lines(data: dict[str, Any], fit: dict[str, Any] | None) -> list[str]:
@@ -64,7 +70,7 @@ def main_table(analysis: dict[str, Any]) -> list[str]:
     ]
     for group, g in analysis["groups"].items():
         vs = g.get("vs_A")
-        diff = f"{vs['mean_diff']:+.4f} [{vs['ci_low']:+.4f}, {vs['ci_high']:+.4f}]" if vs else "reference"
+        diff = f"{vs['mean_diff']:+.4f} {ci(vs['ci_low'], vs['ci_high'])}" if vs else "reference"
         within = f"{g['kept_improvements']} ({f(g['within_noise'])})"
         lines.append(
             f"| {group} | {g['runs']} | {pm(g['delta'])} | {pm(g['confirmed_delta'])} | {diff} "

@@ -18,22 +18,20 @@ EXACT_PERMUTATION_MAX_N = 16  # up to 2**16 sign patterns are enumerated; above,
 
 
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0.0 for a single value)."""
+    """Mean and sample standard deviation (ddof 1; undefined, NaN, for a single value)."""
     values = np.asarray(xs, dtype=float)
     if values.size == 0:
         return math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
 def bootstrap_ci(
     xs: Sequence[float], confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean."""
+    """Percentile bootstrap confidence interval of the mean (undefined, NaN, for fewer than two values)."""
     values = np.asarray(xs, dtype=float)
-    if values.size == 0:
+    if values.size < 2:
         return math.nan, math.nan
-    if values.size == 1:
-        return float(values[0]), float(values[0])
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
     tail = (1 - confidence) / 2

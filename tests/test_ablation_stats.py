@@ -32,7 +32,7 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
     low, high = bootstrap_ci(x, seed=3)
     assert (low, high) == bootstrap_ci(x, seed=3)
     assert low < float(np.mean(x)) < high
-    assert bootstrap_ci([2.0]) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in bootstrap_ci([2.0]))  # one value: no interval, not a point
     assert all(math.isnan(v) for v in bootstrap_ci([]))
 
 
@@ -57,6 +57,7 @@ def test_effect_size_and_summaries() -> None:
     assert cohens_dz([1, 1]) == math.inf and math.isnan(cohens_dz([0, 0]))
     assert math.isnan(cohens_dz([0.5]))  # one pair: no spread to measure the effect against
     assert mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert mean_sd([2.0])[0] == 2.0 and math.isnan(mean_sd([2.0])[1])
     s = summarise([-0.01, -0.02, -0.03])
     assert s.n == 3 and s.mean == pytest.approx(-0.02) and s.ci_low <= s.mean <= s.ci_high
 
