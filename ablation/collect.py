@@ -102,6 +102,15 @@ def time_use(ledger: Ledger) -> dict[str, float]:
     return {"wall_s": wall, "training_s": training}
 
 
+def segment_progress(segment: dict[str, Any], baseline_bpb: float | None) -> float:
+    """The drop of the best val_bpb during a segment. The graph records 0 for the first segment (no best before
+    it, so its compare step has nothing to weigh); measured from the baseline, the first segment's mechanism gets
+    credit for what it found."""
+    if segment.get("best_before") is None and baseline_bpb is not None and segment.get("best_after") is not None:
+        return max(0.0, float(baseline_bpb) - float(segment["best_after"]))
+    return float(segment.get("progress") or 0.0)
+
+
 def mechanism_use(ledger: Ledger, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per propose mechanism: calls (and failed ones), LLM asks, segments active with the progress made in them,
     and the compare verdicts after its trial segments."""
@@ -126,7 +135,7 @@ def mechanism_use(ledger: Ledger, summary: dict[str, Any]) -> dict[str, dict[str
     for segment in summary.get("segments", []):
         u = use[segment["mechanism"]]
         u["segments"] += 1
-        u["progress"].append(float(segment.get("progress") or 0.0))
+        u["progress"].append(segment_progress(segment, summary.get("baseline_bpb")))
     for decision in summary.get("history", []):
         if decision.get("event") in ("kept", "rolled_back"):
             use[decision["mechanism"]][decision["event"]] += 1

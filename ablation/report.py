@@ -181,7 +181,13 @@ def write_report(root: Path) -> Path:
         *source_lines(analysis),
     ]
     if has_mechanisms:
-        lines += ["\n## Mechanisms (Level 2)\n", *mechanism_lines(analysis), "\n![mechanisms](mechanisms.png)"]
+        lines += [
+            "\n## Mechanisms (Level 2)\n",
+            "A segment's progress is the drop of the best val_bpb during it; the first segment's is measured from "
+            "the baseline.",
+            *mechanism_lines(analysis),
+            "\n![mechanisms](mechanisms.png)",
+        ]
     lines += fit_lines(fit)
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "figures.json", {"analysis": analysis, "surrogate_fit": fit})

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import SyntheticExecutor, change  # noqa: E402
 
 from ablation import cli  # noqa: E402
-from ablation.collect import experiments, time_use  # noqa: E402
+from ablation.collect import experiments, mechanism_use, time_use  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.pack import pack  # noqa: E402
 from ablation.report import write_report  # noqa: E402
@@ -221,6 +221,19 @@ def test_a_run_stopped_and_resumed_is_timed_without_its_downtime(tmp_path) -> No
     lines = [{"event_id": str(i), "kind": kind, "time": t, "wall_seconds": 25.0} for i, (kind, t) in enumerate(events)]
     (tmp_path / "trace.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert time_use(Ledger(tmp_path)) == {"wall_s": 60.0 + 40.0, "training_s": 50.0}
+
+
+def test_the_first_segment_is_credited_from_the_baseline(tmp_path) -> None:
+    # the graph records 0 progress for the segment that holds the baseline (no best before it); the report
+    # measures it from the baseline, so the mechanism that starts every run is not shown as having done nothing
+    first = {"mechanism": "llm_greedy@1", "best_before": None, "best_after": 2.0, "progress": 0.0}
+    second = {"mechanism": "tabu@2", "best_before": 2.0, "best_after": 1.9, "progress": 0.1}
+    third = {"mechanism": "tabu@2", "best_before": 1.9, "best_after": 1.9, "progress": 0.0}
+    summary = {"baseline_bpb": 2.5, "segments": [first, second, third], "history": []}
+    use = mechanism_use(Ledger(tmp_path), summary)
+    assert use["llm_greedy@1"]["progress"] == [pytest.approx(0.5)]
+    assert use["tabu@2"]["progress"] == [pytest.approx(0.1), 0.0]
+    assert mechanism_use(Ledger(tmp_path), {**summary, "baseline_bpb": None})["llm_greedy@1"]["progress"] == [0.0]
 
 
 def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
