@@ -218,11 +218,11 @@ def main_resume(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation resume")
     ap.add_argument("out", type=Path)
     ap.add_argument("--repeats", type=int, help="grow the ablation to this many repeats (never fewer)")
+    ap.add_argument("--noise-repeats", type=int, help="grow the noise floor to this many trainings (never fewer)")
     add_runtime_flags(ap)
     args = ap.parse_args(argv)
     ablation = Ablation.open(args.out)
-    if args.repeats is not None:
-        ablation.extend(args.repeats)
+    ablation.extend(args.repeats, args.noise_repeats)
     return finish(ablation, args)
 
 

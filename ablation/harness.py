@@ -150,15 +150,28 @@ class Ablation:
     def save(self) -> None:
         write_json_atomic(self.root / MANIFEST, self.manifest)
 
-    def extend(self, repeats: int) -> None:
-        """Plan more repeats (seeds continue where they stopped); finished repeats are kept and never re-run. The
-        change is recorded in the manifest, so a report says how the ablation grew."""
-        if repeats < self.spec.repeats:
-            raise ValueError(f"{self.root} already plans {self.spec.repeats} repeats; an ablation only grows")
-        if repeats == self.spec.repeats:
+    def extend(self, repeats: int | None = None, noise_repeats: int | None = None) -> None:
+        """Plan more repeats (seeds continue where they stopped) or more noise-floor trainings; what is finished is
+        kept and never re-run. The change is recorded in the manifest, so a report says how the ablation grew."""
+        repeats = self.spec.repeats if repeats is None else repeats
+        noise_repeats = self.spec.noise_repeats if noise_repeats is None else noise_repeats
+        if repeats < self.spec.repeats or noise_repeats < self.spec.noise_repeats:
+            raise ValueError(
+                f"{self.root} already plans {self.spec.repeats} repeats and {self.spec.noise_repeats} noise-floor "
+                "trainings; an ablation only grows"
+            )
+        if (repeats, noise_repeats) == (self.spec.repeats, self.spec.noise_repeats):
             return
-        self.manifest.setdefault("extended", []).append({"time": time.time(), "from": self.spec.repeats, "to": repeats})
-        self.spec = dataclasses.replace(self.spec, repeats=repeats)
+        self.manifest.setdefault("extended", []).append(
+            {
+                "time": time.time(),
+                "from": self.spec.repeats,
+                "to": repeats,
+                "noise_from": self.spec.noise_repeats,
+                "noise_to": noise_repeats,
+            }
+        )
+        self.spec = dataclasses.replace(self.spec, repeats=repeats, noise_repeats=noise_repeats)
         self.manifest["spec"] = dataclasses.asdict(self.spec)
         self.save()
 

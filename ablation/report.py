@@ -53,13 +53,16 @@ def setup_lines(data: dict[str, Any], fit: dict[str, Any] | None) -> list[str]:
         f"- LLM: {manifest.get('llm', spec.get('model') or 'embedded default')}",
         f"- host: {manifest.get('host', {}).get('system', '?')}; started {created}",
         *([f"- surrogate samples: {fit['samples']} real trainings ({fit['crashed']} crashed)"] if fit else []),
-        *(
-            f"- grown from {e['from']} to {e['to']} repeats on "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))} (`ablation resume --repeats`; the "
-            "finished repeats were kept)"
-            for e in manifest.get("extended", [])
-        ),
+        *(growth_line(e) for e in manifest.get("extended", [])),
     ]
+
+
+def growth_line(e: dict[str, Any]) -> str:
+    parts = [f"from {e['from']} to {e['to']} repeats"] if e["to"] != e["from"] else []
+    if e.get("noise_to", e.get("noise_from")) != e.get("noise_from"):
+        parts.append(f"the noise floor from {e['noise_from']} to {e['noise_to']} trainings")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["time"]))
+    return f"- grown {' and '.join(parts)} on {when} (`ablation resume`; what was finished was kept)"
 
 
 def main_table(analysis: dict[str, Any]) -> list[str]:

@@ -215,6 +215,27 @@ def test_a_finished_ablation_grows_by_repeats_and_never_shrinks(tmp_path) -> Non
     assert "3 repeats planned, 6/6 runs finished" in text and "grown from 1 to 3 repeats" in text
 
 
+def test_the_noise_floor_grows_without_retraining_what_it_has(tmp_path) -> None:
+    spec = AblationSpec(groups=["tpe"], repeats=1, iterations=2, segment=2, budget_s=1.0, noise_repeats=2)
+    ablation = Ablation.open(tmp_path / "abl", spec)
+    assert ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    noise = ablation.root / "noise"
+    before = {p.parent.name: p.read_bytes() for p in noise.glob("n*/outcome.json")}
+    grown = Ablation.open(ablation.root)
+    with pytest.raises(ValueError, match="only grows"):
+        grown.extend(noise_repeats=1)
+    grown.extend(noise_repeats=4)
+    assert Ablation.open(ablation.root).spec.noise_repeats == 4
+    assert grown.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    after = {p.parent.name: p.read_bytes() for p in noise.glob("n*/outcome.json")}
+    assert sorted(after) == ["n00", "n01", "n02", "n03"]
+    assert all(after[k] == v for k, v in before.items())  # the first two were not trained again
+    seeds = [json.loads(after[k])["seed"] for k in sorted(after)]
+    assert seeds == sorted(set(seeds))  # four different seeds, in order
+    text = write_report(grown.root).read_text()
+    assert "grown the noise floor from 2 to 4 trainings" in text
+
+
 def test_a_run_stopped_and_resumed_is_timed_without_its_downtime(tmp_path) -> None:
     events = [("run_start", 100.0), ("train_end", 130.0), ("experiment", 160.0), ("run_start", 5000.0)]
     events += [("train_end", 5030.0), ("run_end", 5040.0)]
