@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ablation.stats import bootstrap_ci, paired_comparison, summarise
+from ablation.stats import bootstrap_ci, holm, paired_comparison, summarise
 
 REFERENCE = "A"
 LEVELS = ("L1", "L1.5", "L2")
@@ -136,4 +136,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
             comparison = paired_comparison([r["delta"] for r in paired], [reference[r["repeat"]] for r in paired])
             entry["vs_A"] = comparison.to_dict()
         groups[group] = entry
+    # each group against A is one test of a family: Holm's adjustment of the exact permutation p-values
+    family = {g: e["vs_A"]["permutation_p"] for g, e in groups.items() if "vs_A" in e}
+    for g, p in holm(family).items():
+        groups[g]["vs_A"]["holm_p"] = p
     return {"noise": noise, "groups": groups}

@@ -68,8 +68,8 @@ def growth_line(e: dict[str, Any]) -> str:
 def main_table(analysis: dict[str, Any]) -> list[str]:
     lines = [
         "| group | runs | Δ val_bpb mean ± sd [95% CI] | confirmed Δ | vs A: mean diff [95% CI] | Wilcoxon p "
-        "| permutation p | d_z | kept (< noise sd) | crashes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| permutation p | Holm p | d_z | kept (< noise sd) | crashes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, g in analysis["groups"].items():
         vs = g.get("vs_A")
@@ -77,7 +77,8 @@ def main_table(analysis: dict[str, Any]) -> list[str]:
         within = f"{g['kept_improvements']} ({f(g['within_noise'])})"
         lines.append(
             f"| {group} | {g['runs']} | {pm(g['delta'])} | {pm(g['confirmed_delta'])} | {diff} "
-            f"| {f(vs and vs['wilcoxon_p'], 3)} | {f(vs and vs['permutation_p'], 3)} | {f(vs and vs['cohens_dz'], 2)} "
+            f"| {f(vs and vs['wilcoxon_p'], 3)} | {f(vs and vs['permutation_p'], 3)} | {f(vs and vs.get('holm_p'), 3)} "
+            f"| {f(vs and vs['cohens_dz'], 2)} "
             f"| {within} | {g['crashes']}/{g['experiments']} |"
         )
     return lines
@@ -173,7 +174,8 @@ def write_report(root: Path) -> Path:
         f"\n## Δ val_bpb (best − baseline; negative is better), paired against group {REFERENCE}\n",
         *main_table(analysis),
         "\n*confirmed Δ*: each run's best configuration re-trained with fresh seeds, minus the noise-floor mean "
-        "(no selection on noise).",
+        "(no selection on noise). *Holm p*: the permutation p-values adjusted for testing every group against "
+        f"{REFERENCE} (Holm-Bonferroni).",
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),

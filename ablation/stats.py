@@ -71,6 +71,18 @@ def cohens_dz(diffs: Sequence[float]) -> float:
     return mean / sd
 
 
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values for a family of tests (each group against A): the k-th smallest p times
+    the number of tests not yet passed, kept monotone and capped at 1. NaN p-values stay NaN and do not count."""
+    finite = sorted((p, name) for name, p in pvalues.items() if not math.isnan(p))
+    adjusted: dict[str, float] = {name: math.nan for name, p in pvalues.items() if math.isnan(p)}
+    running = 0.0
+    for k, (p, name) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - k) * p))
+        adjusted[name] = running
+    return adjusted
+
+
 @dataclass(frozen=True)
 class GroupSummary:
     n: int

@@ -11,6 +11,7 @@ from scipy import stats as sps
 from ablation.stats import (
     bootstrap_ci,
     cohens_dz,
+    holm,
     mean_sd,
     paired_comparison,
     permutation_p,
@@ -70,3 +71,11 @@ def test_paired_comparison() -> None:
     assert c.cohens_dz == pytest.approx(-0.03 / float(np.std([-0.04, -0.02, -0.05, -0.01], ddof=1)))
     with pytest.raises(ValueError, match="differ in length"):
         paired_comparison([1.0], [1.0, 2.0])
+
+
+def test_holm_adjustment_by_hand() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
+    adjusted = holm({"B": 0.01, "C": 0.04, "D": 0.03, "tpe": 0.005, "random": math.nan})
+    assert adjusted == pytest.approx({"tpe": 0.02, "B": 0.03, "D": 0.06, "C": 0.06, "random": math.nan}, nan_ok=True)
+    assert holm({"B": 0.6, "C": 0.7}) == {"B": 1.0, "C": 1.0}  # capped at 1
+    assert holm({}) == {}
