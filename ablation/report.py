@@ -68,8 +68,8 @@ def growth_line(e: dict[str, Any]) -> str:
 def main_table(analysis: dict[str, Any]) -> list[str]:
     lines = [
         "| group | runs | Δ val_bpb mean ± sd [95% CI] | confirmed Δ | vs A: mean diff [95% CI] | Wilcoxon p "
-        "| permutation p | Holm p | d_z | kept (< noise sd) | crashes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| permutation p | Holm p | d_z | detectable diff | kept (< noise sd) | crashes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, g in analysis["groups"].items():
         vs = g.get("vs_A")
@@ -78,7 +78,7 @@ def main_table(analysis: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {group} | {g['runs']} | {pm(g['delta'])} | {pm(g['confirmed_delta'])} | {diff} "
             f"| {f(vs and vs['wilcoxon_p'], 3)} | {f(vs and vs['permutation_p'], 3)} | {f(vs and vs.get('holm_p'), 3)} "
-            f"| {f(vs and vs['cohens_dz'], 2)} "
+            f"| {f(vs and vs['cohens_dz'], 2)} | {f(vs and vs.get('detectable_diff'), 3)} "
             f"| {within} | {g['crashes']}/{g['experiments']} |"
         )
     return lines
@@ -175,7 +175,9 @@ def write_report(root: Path) -> Path:
         *main_table(analysis),
         "\n*confirmed Δ*: each run's best configuration re-trained with fresh seeds, minus the noise-floor mean "
         "(no selection on noise). *Holm p*: the permutation p-values adjusted for testing every group against "
-        f"{REFERENCE} (Holm-Bonferroni).",
+        f"{REFERENCE} (Holm-Bonferroni). *detectable diff*: the smallest difference from {REFERENCE} that a "
+        "two-sided paired t-test would find with 80 % power at this number of pairs and this spread of the "
+        "differences — what a null result rules out.",
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 EXACT_PERMUTATION_MAX_N = 16  # up to 2**16 sign patterns are enumerated; above, a seeded Monte Carlo sample
 
@@ -83,6 +84,26 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def t_power(dz: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs at standardized effect ``dz`` (noncentral t)."""
+    df, nc = n - 1, dz * math.sqrt(n)
+    critical = float(sps.t.ppf(1 - alpha / 2, df))
+    upper = float(sps.nct.sf(critical, df, nc))
+    lower = float(sps.nct.cdf(-critical, df, nc))  # NaN where it underflows: it is then negligible
+    return upper + (0.0 if math.isnan(lower) else lower)
+
+
+def detectable_dz(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest standardized paired effect the two-sided t-test detects with ``power`` from ``n`` pairs (what a
+    null result rules out); NaN below two pairs."""
+    if n < 2:
+        return math.nan
+    high = 1.0
+    while t_power(high, n, alpha) < power:
+        high *= 2
+    return float(brentq(lambda d: t_power(d, n, alpha) - power, 0.0, high, xtol=1e-6))
+
+
 @dataclass(frozen=True)
 class GroupSummary:
     n: int
@@ -110,6 +131,7 @@ class PairedComparison:
     wilcoxon_p: float
     permutation_p: float
     cohens_dz: float
+    detectable_diff: float  # the |mean difference| a two-sided paired t-test finds with 80 % power at this n and sd
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,4 +151,5 @@ def paired_comparison(group: Sequence[float], reference: Sequence[float], seed: 
         wilcoxon_p=wilcoxon_p(diffs),
         permutation_p=permutation_p(diffs, seed=seed),
         cohens_dz=cohens_dz(diffs),
+        detectable_diff=detectable_dz(len(diffs)) * mean_sd(diffs)[1],
     )

@@ -11,6 +11,7 @@ from scipy import stats as sps
 from ablation.stats import (
     bootstrap_ci,
     cohens_dz,
+    detectable_dz,
     holm,
     mean_sd,
     paired_comparison,
@@ -69,6 +70,7 @@ def test_paired_comparison() -> None:
     assert c.n == 4 and c.mean_diff == pytest.approx(-0.03)
     assert c.permutation_p == pytest.approx(2 / 16) and c.wilcoxon_p == pytest.approx(2 / 16)
     assert c.cohens_dz == pytest.approx(-0.03 / float(np.std([-0.04, -0.02, -0.05, -0.01], ddof=1)))
+    assert c.detectable_diff == pytest.approx(detectable_dz(4) * abs(c.mean_diff / c.cohens_dz))
     with pytest.raises(ValueError, match="differ in length"):
         paired_comparison([1.0], [1.0, 2.0])
 
@@ -79,3 +81,14 @@ def test_holm_adjustment_by_hand() -> None:
     assert adjusted == pytest.approx({"tpe": 0.02, "B": 0.03, "D": 0.06, "C": 0.06, "random": math.nan}, nan_ok=True)
     assert holm({"B": 0.6, "C": 0.7}) == {"B": 1.0, "C": 1.0}  # capped at 1
     assert holm({}) == {}
+
+
+def test_detectable_effect_matches_simulated_power() -> None:
+    assert detectable_dz(20) == pytest.approx(0.660, abs=1e-3)  # the textbook value (paired t, alpha .05, power .8)
+    assert math.isnan(detectable_dz(1)) and detectable_dz(3) > detectable_dz(10) > detectable_dz(50)
+    # at the returned effect, a two-sided paired t-test on simulated pairs rejects about 80 % of the time
+    dz, n = detectable_dz(10), 10
+    rng = np.random.default_rng(1)
+    diffs = rng.normal(dz, 1.0, size=(4000, n))
+    rejected = sps.ttest_1samp(diffs, 0.0, axis=1).pvalue < 0.05
+    assert 0.77 <= float(rejected.mean()) <= 0.83
