@@ -56,15 +56,20 @@ def llm_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def source_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per proposal source: experiments per run (mean) and the kept improvements it gave (total over the runs)."""
+    """Per proposal source: experiments per run (mean), the kept improvements it gave (total over the runs) and
+    the share of its experiments that were kept improvements."""
     names = sorted({name for r in runs for name in r.get("sources", {})})
-    return {
-        name: {
+    table = {}
+    for name in names:
+        total = sum(r.get("sources", {}).get(name, 0) for r in runs)
+        kept = sum(imp.get("source") == name for r in runs for imp in r["improvements"])
+        table[name] = {
             "per_run": _mean([r.get("sources", {}).get(name, 0) for r in runs]),
-            "kept": sum(imp.get("source") == name for r in runs for imp in r["improvements"]),
+            "total": total,
+            "kept": kept,
+            "kept_rate": kept / total if total else math.nan,
         }
-        for name in names
-    }
+    return table
 
 
 def _mean(values: list[float]) -> float:

@@ -101,12 +101,15 @@ SOURCES = ("llm", "fallback", "mechanism")
 
 def source_lines(analysis: dict[str, Any]) -> list[str]:
     """Where each group's proposals came from, and which of them gave the kept improvements."""
-    head = " | ".join(f"{s} per run | {s} kept" for s in SOURCES)
+    head = " | ".join(f"{s} per run | {s} kept (share)" for s in SOURCES)
     lines = [f"| group | {head} |", "|---" * (1 + 2 * len(SOURCES)) + "|"]
     for group, g in analysis["groups"].items():
         sources = g.get("sources", {})
         cells = " | ".join(
-            f"{f(sources[s]['per_run'], 1)} | {sources[s]['kept']}" if s in sources else "0 | 0" for s in SOURCES
+            f"{f(sources[s]['per_run'], 1)} | {sources[s]['kept']} ({f(sources[s].get('kept_rate'), 2)})"
+            if s in sources
+            else "0 | 0"
+            for s in SOURCES
         )
         lines.append(f"| {group} | {cells} |")
     return lines

@@ -113,6 +113,9 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     assert list(tpe_sources) == ["mechanism"] and tpe_sources["mechanism"]["per_run"] == 4.0
     assert set(a_sources) <= {"llm", "fallback"} and sum(s["per_run"] for s in a_sources.values()) == 4.0
     assert sum(s["kept"] for s in a_sources.values()) == figures["groups"]["A"]["kept_improvements"]
+    assert tpe_sources["mechanism"]["total"] == 8  # 4 proposals in each of 2 runs
+    for source in a_sources.values():
+        assert source["kept_rate"] == pytest.approx(source["kept"] / source["total"])
     for png in ("running_best", "progress", "deltas", "mechanisms"):
         assert (report.parent / f"{png}.png").stat().st_size > 10_000
     text = report.read_text()
