@@ -62,6 +62,8 @@ def plot_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) ->
                 continue
             done = [(i, b - base) for i, b, status in run["points"] if status == "discard" and b is not None]
             ax.scatter([p[0] for p in done], [min(p[1], high) for p in done], s=6, color="#c0c0c0", zorder=1)
+            crashed = [i for i, _, status in run["points"] if status == "crash"]
+            ax.scatter(crashed, [high * 0.97] * len(crashed), s=10, marker="x", color="#b03030", lw=0.7, zorder=2)
             for imp in run["improvements"]:
                 hollow = not math.isnan(sd) and imp["gain"] < sd
                 ax.scatter(
@@ -76,12 +78,16 @@ def plot_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) ->
             ax.step(range(len(curve)), curve, where="post", color=colour(group), lw=0.8, alpha=0.6)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_ylim(low, high)
-        ax.set_title(f"group {group}: {len(runs)} repeats", fontsize=10)
+        crashes = sum(status == "crash" for r in runs for _, _, status in r["points"])
+        ax.set_title(f"group {group}: {len(runs)} repeats, {crashes} crash{'es' if crashes != 1 else ''}", fontsize=10)
         ax.set_xlabel("experiment")
     for ax in axes.flat[len(by_group) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("val_bpb - baseline (clipped above)")
-    fig.suptitle("Kept improvements (filled; hollow: smaller than the noise sd) and running best per repeat")
+    fig.suptitle(
+        "Kept improvements (filled; hollow: smaller than the noise sd), running best per repeat; "
+        "grey: discarded, red x at the top: crashed"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
