@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from ablation.stats import bootstrap_ci, holm, paired_comparison, summarise
 
@@ -69,7 +70,16 @@ def source_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "kept": kept,
             "kept_rate": kept / total if total else math.nan,
         }
+    if {"llm", "fallback"} <= set(table):
+        table["llm"]["vs_fallback_p"] = share_test(table["llm"], table["fallback"])
     return table
+
+
+def share_test(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Two-sided Fisher exact p that two sources' shares of kept improvements are equal (treating every
+    experiment as an independent draw, which a sequential search only approximates)."""
+    table = [[a["kept"], a["total"] - a["kept"]], [b["kept"], b["total"] - b["kept"]]]
+    return float(sps.fisher_exact(table).pvalue)
 
 
 def _mean(values: list[float]) -> float:

@@ -102,7 +102,7 @@ SOURCES = ("llm", "fallback", "mechanism")
 def source_lines(analysis: dict[str, Any]) -> list[str]:
     """Where each group's proposals came from, and which of them gave the kept improvements."""
     head = " | ".join(f"{s} per run | {s} kept (share)" for s in SOURCES)
-    lines = [f"| group | {head} |", "|---" * (1 + 2 * len(SOURCES)) + "|"]
+    lines = [f"| group | {head} | p (llm vs fallback) |", "|---" * (2 + 2 * len(SOURCES)) + "|"]
     for group, g in analysis["groups"].items():
         sources = g.get("sources", {})
         cells = " | ".join(
@@ -111,7 +111,7 @@ def source_lines(analysis: dict[str, Any]) -> list[str]:
             else "0 | 0"
             for s in SOURCES
         )
-        lines.append(f"| {group} | {cells} |")
+        lines.append(f"| {group} | {cells} | {f(sources.get('llm', {}).get('vs_fallback_p'), 3)} |")
     return lines
 
 
@@ -187,7 +187,9 @@ def write_report(root: Path) -> Path:
         "\n## Where the proposals came from\n",
         "Experiments per run by the source of their proposal (*llm*: a valid answer of the model; *fallback*: the "
         "recorded seeded one-parameter step taken when the model's answer was refused; *mechanism*: a mechanism's own "
-        "proposal), and how many kept improvements each source gave over all runs.\n",
+        "proposal), and how many kept improvements each source gave over all runs, with their share of the source's "
+        "experiments. *p (llm vs fallback)*: Fisher's exact test of equal shares, each experiment taken as an "
+        "independent draw (a sequential search only approximates that).\n",
         *source_lines(analysis),
     ]
     if has_mechanisms:

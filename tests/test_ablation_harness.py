@@ -116,6 +116,8 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     assert tpe_sources["mechanism"]["total"] == 8  # 4 proposals in each of 2 runs
     for source in a_sources.values():
         assert source["kept_rate"] == pytest.approx(source["kept"] / source["total"])
+    if {"llm", "fallback"} <= set(a_sources):
+        assert 0.0 <= a_sources["llm"]["vs_fallback_p"] <= 1.0
     for png in ("running_best", "progress", "deltas", "mechanisms"):
         assert (report.parent / f"{png}.png").stat().st_size > 10_000
     text = report.read_text()

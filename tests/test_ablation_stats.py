@@ -92,3 +92,12 @@ def test_detectable_effect_matches_simulated_power() -> None:
     diffs = rng.normal(dz, 1.0, size=(4000, n))
     rejected = sps.ttest_1samp(diffs, 0.0, axis=1).pvalue < 0.05
     assert 0.77 <= float(rejected.mean()) <= 0.83
+
+
+def test_share_test_is_fishers_exact_test() -> None:
+    from ablation.figures import share_test
+
+    llm, fallback = {"kept": 10, "total": 25}, {"kept": 13, "total": 125}
+    assert share_test(llm, fallback) == pytest.approx(sps.fisher_exact([[10, 15], [13, 112]]).pvalue)
+    assert share_test({"kept": 1, "total": 4}, {"kept": 1, "total": 4}) == pytest.approx(1.0)
+    assert share_test({"kept": 3, "total": 4}, {"kept": 1, "total": 4}) == pytest.approx(34 / 70)  # the tea tasting
