@@ -8,9 +8,8 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
-from ablation.stats import bootstrap_ci, holm, paired_comparison, summarise
+from ablation.stats import bootstrap_ci, holm, paired_comparison, share_test, summarise
 
 REFERENCE = "A"
 LEVELS = ("L1", "L1.5", "L2")
@@ -73,13 +72,6 @@ def source_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     if {"llm", "fallback"} <= set(table):
         table["llm"]["vs_fallback_p"] = share_test(table["llm"], table["fallback"])
     return table
-
-
-def share_test(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Two-sided Fisher exact p that two sources' shares of kept improvements are equal (treating every
-    experiment as an independent draw, which a sequential search only approximates)."""
-    table = [[a["kept"], a["total"] - a["kept"]], [b["kept"], b["total"] - b["kept"]]]
-    return float(sps.fisher_exact(table).pvalue)
 
 
 def _mean(values: list[float]) -> float:

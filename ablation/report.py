@@ -179,8 +179,8 @@ def write_report(root: Path) -> Path:
         "\n*confirmed Δ*: each run's best configuration re-trained with fresh seeds, minus the noise-floor mean "
         "(no selection on noise). *Holm p*: the permutation p-values adjusted for testing every group against "
         f"{REFERENCE} (Holm-Bonferroni). *detectable diff*: the smallest difference from {REFERENCE} that a "
-        "two-sided paired t-test would find with 80 % power at this number of pairs and this spread of the "
-        "differences — what a null result rules out.",
+        "two-sided paired t-test at the 5 % level would find with 80 % power at this number of pairs and this "
+        "spread of the differences — what a null result rules out.",
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),

@@ -84,6 +84,13 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def share_test(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Two-sided Fisher exact p that two sources' shares of kept improvements (``kept`` of ``total``) are equal,
+    treating every experiment as an independent draw, which a sequential search only approximates."""
+    table = [[a["kept"], a["total"] - a["kept"]], [b["kept"], b["total"] - b["kept"]]]
+    return float(sps.fisher_exact(table).pvalue)
+
+
 def t_power(dz: float, n: int, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t-test with ``n`` pairs at standardized effect ``dz`` (noncentral t)."""
     df, nc = n - 1, dz * math.sqrt(n)

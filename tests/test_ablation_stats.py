@@ -16,6 +16,7 @@ from ablation.stats import (
     mean_sd,
     paired_comparison,
     permutation_p,
+    share_test,
     summarise,
     wilcoxon_p,
 )
@@ -95,8 +96,6 @@ def test_detectable_effect_matches_simulated_power() -> None:
 
 
 def test_share_test_is_fishers_exact_test() -> None:
-    from ablation.figures import share_test
-
     llm, fallback = {"kept": 10, "total": 25}, {"kept": 13, "total": 125}
     assert share_test(llm, fallback) == pytest.approx(sps.fisher_exact([[10, 15], [13, 112]]).pvalue)
     assert share_test({"kept": 1, "total": 4}, {"kept": 1, "total": 4}) == pytest.approx(1.0)
