@@ -26,8 +26,10 @@ from ablation.pack import pack
 from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
 from ablation.surrogate import fit_quality, load_model
+from ablation.surrogate_check import check_against
 from graphs.run import executor_for
 from graphs.runs import new_run_dir
+from nodes.ledger import write_json_atomic
 from nodes.trainer import Executor, TrainerSettings, Trial
 
 console = Console()
@@ -236,9 +238,22 @@ def main_report(argv: list[str]) -> int:
 def main_fit(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation fit")
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    quality = fit_quality(load_model(ap.parse_args(argv).csv))
-    quality.pop("cv_predictions")
-    for key, value in quality.items():
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="a real ablation folder: check the surrogate's predictions for the trainings its searches made "
+        "(written to FOLDER/report/surrogate_check.json)",
+    )
+    args = ap.parse_args(argv)
+    model = load_model(args.csv)
+    if args.against:
+        check = check_against(model, args.against)
+        write_json_atomic(args.against / "report" / "surrogate_check.json", check)
+        check.pop("pairs")
+    else:
+        check = fit_quality(model)
+        check.pop("cv_predictions")
+    for key, value in check.items():
         console.print(f"{key:32} {value:.4f}" if isinstance(value, float) else f"{key:32} {value}")
     return 0
 

@@ -26,6 +26,7 @@ from ablation.sampling import (
     write_samples,
 )
 from ablation.surrogate import SurrogateExecutor, fit_quality, load_model
+from ablation.surrogate_check import check_against
 from graphs.run import execute
 from graphs.runs import RunConfig
 from mechanisms.space import SearchSpace
@@ -43,6 +44,9 @@ class NoisyTrainer:
 
     def __init__(self) -> None:
         self.runs: list[str] = []
+
+    def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
+        return [self.run(t, settings) for t in trials]
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         self.runs.append(trial.experiment_id)
@@ -192,3 +196,34 @@ def test_runs_in_worker_processes_match_the_same_runs_one_after_another(samples:
     local = Ablation.open(tmp_path / "local", AblationSpec(groups=["A"], repeats=1, noise_repeats=0))
     with pytest.raises(ValueError, match="surrogate"):
         local.run(workers=2, log=lambda _: None)
+
+
+def test_the_surrogate_is_checked_against_the_trainings_of_a_real_ablation(samples: Path, tmp_path: Path) -> None:
+    model = load_model(samples)
+    spec = AblationSpec(groups=["random", "tpe"], repeats=2, iterations=6, segment=3, noise_repeats=3, confirm=1)
+    # a control: the "real" trainer is the surrogate itself, so only its served noise separates prediction and value
+    control = Ablation.open(tmp_path / "control", spec)
+    assert control.run(executor=SurrogateExecutor.load(samples), log=lambda _: None)
+    check = check_against(model, control.root)
+    experiments_made = sum(
+        1 for rid in control.manifest["runs"] for _ in Ledger(control.root / "runs" / rid).events("experiment")
+    )
+    confirmations = len(list(control.root.glob("runs/*/confirm/c*/outcome.json")))
+    assert check["trainings"] == experiments_made + 3 + confirmations
+    cells = check["crash_agreement"]
+    assert sum(cells.values()) + check["refused_by_rule"] == check["trainings"]
+    assert cells["predicted_crash_only"] == cells["real_crash_only"] == 0  # the same crash rule on both sides
+    assert len(check["pairs"]) == cells["both_ok"] > 3
+    assert check["median_abs_error_bpb"] < 2 * check["served_noise_sd_bpb"]
+    # the synthetic trainer the samples came from: the same landscape, measured afresh
+    real = Ablation.open(tmp_path / "real", spec)
+    assert real.run(executor=NoisyTrainer(), log=lambda _: None)
+    check = check_against(model, real.root)
+    assert check["crash_agreement"]["both_ok"] > 0 and not math.isnan(check["mae_bpb"])
+    with pytest.raises(ValueError, match="served by a surrogate"):
+        surrogate_spec = AblationSpec(groups=["random"], repeats=1, executor=f"surrogate:{samples}")
+        check_against(model, Ablation.open(tmp_path / "served", surrogate_spec).root)
+    with pytest.raises(ValueError, match="trained at 60"):
+        check_against(
+            model, Ablation.open(tmp_path / "longer", AblationSpec(groups=["random"], repeats=1, budget_s=60)).root
+        )
