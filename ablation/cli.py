@@ -23,6 +23,7 @@ from rich.console import Console
 
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
 from ablation.pack import pack
+from ablation.plots import plot_surrogate_check
 from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
 from ablation.surrogate import fit_quality, load_model
@@ -249,6 +250,7 @@ def main_fit(argv: list[str]) -> int:
     if args.against:
         check = check_against(model, args.against)
         write_json_atomic(args.against / "report" / "surrogate_check.json", check)
+        plot_surrogate_check(check, args.against / "report" / "surrogate_check.png")
         check.pop("pairs")
     else:
         check = fit_quality(model)

@@ -169,3 +169,28 @@ def plot_surrogate_fit(fit: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_surrogate_check(check: dict[str, Any], path: Path) -> None:
+    """The surrogate's mean for each real training of a real ablation against its measured val_bpb; colour by
+    where the training came from (a search's experiment, the noise floor, a confirmation)."""
+    pairs = check["pairs"]
+    predicted, real = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+    kinds = ["noise" if p[0].startswith("noise") else "confirm" if "/confirm/" in p[0] else "search" for p in pairs]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = float(min(predicted.min(), real.min())), float(max(predicted.max(), real.max()))
+    sd = check["served_noise_sd_bpb"]
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+    band = [lo - 2 * sd, hi - 2 * sd], [lo + 2 * sd, hi + 2 * sd]
+    ax.fill_between([lo, hi], *band, color="#dddddd", label="±2 noise sd")
+    for kind, colour_ in (("search", "#264653"), ("noise", "#8d99ae"), ("confirm", "#e76f51")):
+        mask = np.array([k == kind for k in kinds])
+        if mask.any():
+            ax.scatter(real[mask], predicted[mask], s=14, color=colour_, label=f"{kind} ({int(mask.sum())})")
+    ax.set_xlabel("real val_bpb (trained)")
+    ax.set_ylabel("surrogate mean")
+    ax.set_title(f"Surrogate vs real trainings: Spearman {check['spearman']:.2f}, n={len(pairs)}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from support import SPLIT, synthetic_bpb
 
+from ablation import cli
 from ablation.constraints import config_error
 from ablation.harness import Ablation, AblationSpec
 from ablation.sampling import (
@@ -220,6 +221,9 @@ def test_the_surrogate_is_checked_against_the_trainings_of_a_real_ablation(sampl
     assert real.run(executor=NoisyTrainer(), log=lambda _: None)
     check = check_against(model, real.root)
     assert check["crash_agreement"]["both_ok"] > 0 and not math.isnan(check["mae_bpb"])
+    assert cli.main_fit(["--csv", str(samples), "--against", str(real.root)]) == 0
+    written = json.loads((real.root / "report" / "surrogate_check.json").read_text())
+    assert written["pairs"] == check["pairs"] and (real.root / "report" / "surrogate_check.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="served by a surrogate"):
         surrogate_spec = AblationSpec(groups=["random"], repeats=1, executor=f"surrogate:{samples}")
         check_against(model, Ablation.open(tmp_path / "served", surrogate_spec).root)
