@@ -74,6 +74,12 @@ def source_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+def confirmed_delta(run: dict[str, Any], noise: dict[str, Any]) -> float:
+    """The run's best re-trained with fresh seeds (mean), minus the noise floor's mean: a Δ with no selection on
+    noise in it."""
+    return float(np.mean(run["confirm"])) - noise["mean"]
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
@@ -117,12 +123,14 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     by_group = group_runs(data)
     length = data["spec"]["iterations"] + 1
     reference = {r["repeat"]: r["delta"] for r in by_group.get(REFERENCE, []) if r["delta"] is not None}
+    reference_confirmed = {r["repeat"]: confirmed_delta(r, noise) for r in by_group.get(REFERENCE, []) if r["confirm"]}
     groups = {}
     for group, runs in by_group.items():
         deltas = [r["delta"] for r in runs if r["delta"] is not None]
         gains = [imp["gain"] for r in runs for imp in r["improvements"]]
-        confirmed = [float(np.mean(r["confirm"])) - noise["mean"] for r in runs if r["confirm"]]
+        confirmed = [confirmed_delta(r, noise) for r in runs if r["confirm"]]
         paired = [r for r in runs if r["delta"] is not None and r["repeat"] in reference]
+        paired_confirmed = [r for r in runs if r["confirm"] and r["repeat"] in reference_confirmed]
         entry: dict[str, Any] = {
             "runs": len(runs),
             "delta": summarise(deltas).to_dict(),
@@ -142,6 +150,11 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         if group != REFERENCE and paired:
             comparison = paired_comparison([r["delta"] for r in paired], [reference[r["repeat"]] for r in paired])
             entry["vs_A"] = comparison.to_dict()
+        if group != REFERENCE and paired_confirmed:
+            entry["vs_A_confirmed"] = paired_comparison(
+                [confirmed_delta(r, noise) for r in paired_confirmed],
+                [reference_confirmed[r["repeat"]] for r in paired_confirmed],
+            ).to_dict()
         groups[group] = entry
     # each group against A is one test of a family: Holm's adjustment of the exact permutation p-values
     family = {g: e["vs_A"]["permutation_p"] for g, e in groups.items() if "vs_A" in e}

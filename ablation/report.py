@@ -84,6 +84,24 @@ def main_table(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
+    """The groups against A once more, on the confirmed Δ (each run's best re-trained with fresh seeds)."""
+    rows = [(g, e["vs_A_confirmed"]) for g, e in analysis["groups"].items() if "vs_A_confirmed" in e]
+    if not rows:
+        return []
+    lines = [
+        f"\n**Confirmed Δ, paired against {REFERENCE}**\n",
+        "| group | pairs | mean diff [95% CI] | Wilcoxon p | permutation p | d_z |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, vs in rows:
+        lines.append(
+            f"| {group} | {vs['n']} | {vs['mean_diff']:+.4f} {ci(vs['ci_low'], vs['ci_high'])} "
+            f"| {f(vs['wilcoxon_p'], 3)} | {f(vs['permutation_p'], 3)} | {f(vs['cohens_dz'], 2)} |"
+        )
+    return lines
+
+
 def cost_table(analysis: dict[str, Any]) -> list[str]:
     head = " | ".join(f"{level} calls | {level} tokens | {level} LLM s" for level in LEVELS)
     lines = [f"| group | {head} | training s | run wall s |", "|---" * (2 + 3 * len(LEVELS) + 1) + "|"]
@@ -181,6 +199,7 @@ def write_report(root: Path) -> Path:
         f"{REFERENCE} (Holm-Bonferroni). *detectable diff*: the smallest difference from {REFERENCE} that a "
         "two-sided paired t-test at the 5 % level would find with 80 % power at this number of pairs and this "
         "spread of the differences — what a null result rules out.",
+        *confirmed_lines(analysis),
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),

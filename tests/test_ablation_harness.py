@@ -106,6 +106,7 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     figures = json.loads((report.parent / "figures.json").read_text())["analysis"]
     assert list(figures["groups"]) == list(GROUP_NAMES) and figures["noise"]["n"] == 3
     assert all("vs_A" in figures["groups"][g] for g in GROUP_NAMES if g != "A")
+    assert all(figures["groups"][g]["vs_A_confirmed"]["n"] == 2 for g in GROUP_NAMES if g != "A")
     assert figures["groups"]["C"]["mechanisms"]["tabu"]["calls"] > 0  # the composed mechanism ran
     assert figures["groups"]["B"]["llm"]["L1.5"]["calls"] > 0 and figures["groups"]["A"]["llm"]["L1.5"]["calls"] == 0
     assert figures["groups"]["tpe"]["llm"]["L1"]["calls"] == 0
@@ -122,6 +123,7 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
         assert (report.parent / f"{png}.png").stat().st_size > 10_000
     text = report.read_text()
     assert "| random | 2 |" in text and "Noise floor" in text and "Where the proposals came from" in text
+    assert "Confirmed Δ, paired against A" in text
     assert elapsed < 120, elapsed
 
 
