@@ -18,11 +18,10 @@ from scipy import stats as sps
 
 from ablation.collect import experiments, outcome_bpb
 from ablation.constraints import config_error
+from ablation.harness import MANIFEST
 from ablation.surrogate import CRASH_THRESHOLD, SurrogateModel
 from nodes.ledger import Ledger
 from nodes.train import read_outcome_file
-
-MANIFEST = "ablation.json"
 
 
 def real_trainings(root: Path) -> list[dict[str, Any]]:
