@@ -31,6 +31,7 @@ from ablation.surrogate_check import check_against
 from graphs.run import executor_for
 from graphs.runs import new_run_dir
 from nodes.ledger import write_json_atomic
+from nodes.machine_load import wait_for_quiet
 from nodes.trainer import Executor, TrainerSettings, Trial
 
 console = Console()
@@ -154,16 +155,26 @@ def add_runtime_flags(ap: argparse.ArgumentParser) -> None:
         metavar="PATTERN",
         help="before each training, wait while another process matching PATTERN runs (e.g. gpt.bench)",
     )
+    ap.add_argument(
+        "--quiet-below",
+        type=float,
+        metavar="SHARE",
+        help="before each training, wait until everything else uses less than SHARE of the CPU (e.g. 0.1; Linux; "
+        "each training records the share measured while it ran either way)",
+    )
 
 
 class PausingExecutor:
-    """The run's own executor, waiting before each trial while another engineer's benchmark runs."""
+    """The run's own executor, waiting before each trial while another engineer's benchmark runs and, with
+    ``quiet_below``, until everything else uses less than that share of the machine's CPU."""
 
-    def __init__(self, inner: Executor, pattern: str) -> None:
-        self.inner, self.pattern = inner, pattern
+    def __init__(self, inner: Executor, pattern: str | None, quiet_below: float | None = None) -> None:
+        self.inner, self.pattern, self.quiet_below = inner, pattern, quiet_below
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         wait_while(self.pattern)
+        if self.quiet_below is not None:
+            wait_for_quiet(self.quiet_below, log=console.print)
         return self.inner.run(trial, settings)
 
     def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
@@ -209,8 +220,9 @@ def finish(ablation: Ablation, args: argparse.Namespace) -> int:
         f"{ablation.spec.repeats} repeats, trainer {ablation.spec.executor}"
     )
     executor = None
-    if args.pause_while:
-        executor = PausingExecutor(executor_for(ablation.spec.run_config(ablation.root, "A", 0)), args.pause_while)
+    if args.pause_while or args.quiet_below is not None:
+        inner = executor_for(ablation.spec.run_config(ablation.root, "A", 0))
+        executor = PausingExecutor(inner, args.pause_while, args.quiet_below)
     done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, workers=args.workers, log=console.print)
     report = write_report(ablation.root)
     console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))

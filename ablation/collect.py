@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,31 @@ def noise_floor(root: Path) -> dict[str, Any]:
     values = [v for v in (outcome_bpb(o) for o in outcomes) if v is not None]
     mean, sd = mean_sd(values)
     return {"n": len(values), "crashes": len(outcomes) - len(values), "values": values, "mean": mean, "sd": sd}
+
+
+LOADED_SHARE = 0.15  # a training during which everything else used more of the CPU than this is flagged
+
+
+def machine_load(root: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the trainings recorded of the machine's other CPU use while they ran (``other_cpu_share``, written by
+    the local executor): how many recorded it, the median and largest share, and the trainings above LOADED_SHARE."""
+    shares: dict[str, Any] = {
+        f"noise/{p.parent.name}": (read_outcome_file(p) or {}).get("other_cpu_share")
+        for p in sorted(root.glob("noise/n*/outcome.json"))
+    }
+    for run in runs:
+        shares.update({f"{run['id']}/{where}": share for where, share in run["cpu_shares"].items()})
+    measured = {where: float(v) for where, v in shares.items() if isinstance(v, int | float)}
+    values = sorted(measured.values())
+    loaded = sorted(((where, v) for where, v in measured.items() if v > LOADED_SHARE), key=lambda item: -item[1])
+    return {
+        "trainings": len(shares),
+        "measured": len(values),
+        "median": statistics.median(values) if values else None,
+        "max": values[-1] if values else None,
+        "threshold": LOADED_SHARE,
+        "loaded": [[where, v] for where, v in loaded],
+    }
 
 
 def experiments(ledger: Ledger) -> list[dict[str, Any]]:
@@ -148,7 +174,8 @@ def run_record(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
     ledger = Ledger(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     records = experiments(ledger)
-    confirm = [outcome_bpb(read_outcome_file(p)) for p in sorted((run_dir / "confirm").glob("c*/outcome.json"))]
+    confirmations = {p.parent.name: read_outcome_file(p) for p in sorted((run_dir / "confirm").glob("c*/outcome.json"))}
+    confirm = [outcome_bpb(o) for o in confirmations.values()]
     return {
         "id": run_id(entry["group"], entry["repeat"]),
         "group": entry["group"],
@@ -171,6 +198,8 @@ def run_record(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
         "mechanisms": mechanism_use(ledger, summary),
         "confirm": [v for v in confirm if v is not None],
         "confirm_crashes": sum(v is None for v in confirm),
+        "cpu_shares": {e["id"]: e.get("other_cpu_share") for e in records}
+        | {f"confirm/{name}": (o or {}).get("other_cpu_share") for name, o in confirmations.items()},
     }
 
 
@@ -180,4 +209,10 @@ def collect(root: Path) -> dict[str, Any]:
     manifest = json.loads((root / MANIFEST).read_text())
     entries = [e for e in manifest["runs"].values() if e.get("status") == "done"]
     runs = [run_record(root, e) for e in sorted(entries, key=lambda e: (e["repeat"], e["group"]))]
-    return {"spec": manifest["spec"], "manifest": manifest, "noise": noise_floor(root), "runs": runs}
+    return {
+        "spec": manifest["spec"],
+        "manifest": manifest,
+        "noise": noise_floor(root),
+        "runs": runs,
+        "machine_load": machine_load(root, runs),
+    }

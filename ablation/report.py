@@ -170,6 +170,23 @@ def fit_lines(fit: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def load_lines(load: dict[str, Any]) -> list[str]:
+    """The machine's other CPU use during the trainings; nothing where no training recorded it (the surrogate
+    trainer, or trainings recorded before the executor measured it)."""
+    if not load["measured"]:
+        return []
+    lines = [
+        f"\nMachine load: {load['measured']} of {load['trainings']} trainings recorded the share of the CPU that "
+        f"everything else used while they ran — median {load['median']:.1%}, largest {load['max']:.1%}; "
+        f"{len(load['loaded'])} above {load['threshold']:.0%}"
+        + (":" if load["loaded"] else " (a fixed wall-clock budget measures the machine too).")
+    ]
+    lines += [f"- {where}: {share:.1%}" for where, share in load["loaded"][:20]]
+    if len(load["loaded"]) > 20:
+        lines.append(f"- … and {len(load['loaded']) - 20} more (figures.json)")
+    return lines
+
+
 def write_report(root: Path) -> Path:
     root = Path(root)
     out = root / "report"
@@ -192,6 +209,7 @@ def write_report(root: Path) -> Path:
         f"The baseline configuration trained {noise['n']} times with other seeds ({noise['crashes']} crashed): "
         f"mean {f(noise['mean'])}, sd {f(noise['sd'])} bpb. Kept improvements smaller than this sd are counted in "
         "brackets below and drawn hollow in the progress chart.",
+        *load_lines(data["machine_load"]),
         f"\n## Δ val_bpb (best − baseline; negative is better), paired against group {REFERENCE}\n",
         *main_table(analysis),
         "\n*confirmed Δ*: each run's best configuration re-trained with fresh seeds, minus the noise-floor mean "
@@ -221,5 +239,7 @@ def write_report(root: Path) -> Path:
         ]
     lines += fit_lines(fit)
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
-    write_json_atomic(out / "figures.json", {"analysis": analysis, "surrogate_fit": fit})
+    write_json_atomic(
+        out / "figures.json", {"analysis": analysis, "surrogate_fit": fit, "machine_load": data["machine_load"]}
+    )
     return out / "report.md"

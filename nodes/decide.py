@@ -41,6 +41,7 @@ def experiment_record(item: dict[str, Any], outcome: dict[str, Any], status: str
         "num_steps": result.get("num_steps"),
         "split_sha256": result.get("split_sha256"),
         "seconds": outcome.get("wall_seconds"),
+        "other_cpu_share": outcome.get("other_cpu_share"),
         "status": status,
         "reason": reason,
         "error": outcome.get("error"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nodes.local_server import spawn_tied
+from nodes.machine_load import other_share, snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_MEANINGS = {2: "invalid configuration", 3: "diverged (NaN or exploding loss)"}
@@ -135,7 +136,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 class LocalExecutor:
     """Runs a trial in a child process group on this machine; a timeout, an error or Ctrl-C kills the whole group
     (see `spawn_tied`: the kernel kills it too when this process dies). A batch runs
-    `parallel` trials at a time (default 1: on a small CPU, parallel trials only slow each other down)."""
+    `parallel` trials at a time (default 1: on a small CPU, parallel trials only slow each other down). A trial run
+    on its own records `other_cpu_share`, the share of the machine's CPU that went to anything else meanwhile."""
 
     def __init__(self, parallel: int = 1) -> None:
         self.parallel = parallel
@@ -147,7 +149,7 @@ class LocalExecutor:
         folder = trial.folder.resolve()  # the child runs in the folder: its paths must not be relative
         train_py, result_json, log = folder / "train.py", folder / "result.json", folder / "log.txt"
         result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
-        start = time.monotonic()
+        start, before = time.monotonic(), snapshot() if self.parallel == 1 else None
         with open(log, "w", encoding="utf-8") as out:
             proc = spawn_tied(
                 settings.command(train_py, result_json),
@@ -167,7 +169,9 @@ class LocalExecutor:
                 _kill_group(proc)
                 proc.wait()
                 raise
-        return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+        outcome = read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+        share = other_share(before, snapshot()) if before is not None else None
+        return outcome if share is None else {**outcome, "other_cpu_share": share}
 
 
 def read_outcome(

@@ -264,11 +264,23 @@ def test_the_first_segment_is_credited_from_the_baseline(tmp_path) -> None:
     assert mechanism_use(Ledger(tmp_path), {**summary, "baseline_bpb": None})["llm_greedy@1"]["progress"] == [0.0]
 
 
+class LoadRecordingExecutor(SyntheticExecutor):
+    """Records the machine's other CPU use as the local executor does: 40 % during one noise training and one
+    experiment of A-r01, 2 % during every other training."""
+
+    def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
+        loaded = trial.experiment_id == "noise-00" or trial.folder.parts[-3:] == ("A-r01", "experiments", "e0002")
+        return {**super().run(trial, settings), "other_cpu_share": 0.4 if loaded else 0.02}
+
+
 def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     spec = AblationSpec(groups=["A", "tpe"], repeats=2, iterations=3, segment=2, budget_s=1.0, noise_repeats=2)
     ablation = Ablation.open(tmp_path / "abl", spec)
-    ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    ablation.run(llm_for=scripted(), executor=LoadRecordingExecutor(), log=quiet)
     first = write_report(ablation.root).read_text()
+    # every training recorded the machine's load: 2 noise + 4 runs x (baseline + 3 experiments); no confirmations
+    assert "Machine load: 18 of 18 trainings" in first and "2 above 15%" in first
+    assert "- noise/n00: 40.0%" in first and "- A-r01/e0002: 40.0%" in first
     for path in (ablation.root / "report").iterdir():
         path.unlink()
     done = subprocess.run(
