@@ -32,6 +32,7 @@ class CpuSnapshot:
     machine_busy_s: float
     self_s: float
     children_s: float
+    cpus: int = 1
 
 
 def read_proc_stat(text: str) -> tuple[float, int]:
@@ -48,7 +49,7 @@ def read_proc_stat(text: str) -> tuple[float, int]:
 
 def snapshot() -> CpuSnapshot | None:
     try:
-        busy, _ = read_proc_stat(PROC_STAT.read_text())
+        busy, cpus = read_proc_stat(PROC_STAT.read_text())
     except (OSError, ValueError, IndexError):
         return None
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,14 +58,8 @@ def snapshot() -> CpuSnapshot | None:
         machine_busy_s=busy,
         self_s=own.ru_utime + own.ru_stime,
         children_s=children.ru_utime + children.ru_stime,
+        cpus=cpus,
     )
-
-
-def machine_cpus() -> int:
-    try:
-        return read_proc_stat(PROC_STAT.read_text())[1]
-    except (OSError, ValueError, IndexError):
-        return os.cpu_count() or 1
 
 
 def other_share(before: CpuSnapshot | None, after: CpuSnapshot | None, cpus: int | None = None) -> float | None:
@@ -72,7 +67,7 @@ def other_share(before: CpuSnapshot | None, after: CpuSnapshot | None, cpus: int
     children it reaped in between (the training), in [0, 1]; None when either snapshot is missing."""
     if before is None or after is None or after.at <= before.at:
         return None
-    capacity = (after.at - before.at) * (cpus or machine_cpus())
+    capacity = (after.at - before.at) * (cpus or after.cpus)
     ours = (after.self_s - before.self_s) + (after.children_s - before.children_s)
     other = (after.machine_busy_s - before.machine_busy_s) - ours
     return round(min(max(other / capacity, 0.0), 1.0), 3)
