@@ -11,8 +11,11 @@ Protocol (JSON lines; the child talks on a private copy of stdout, so ``print`` 
   "refused": [...]}`` or ``{"op": "error", "kind": str, "message": str, "traceback": str, "view": int | null,
   "refused": [...]}``
 
-After start-up an audit hook refuses processes, sockets, file access, frame and object-graph introspection and
-imports outside the policy's allowlist; the mechanism's builtins lack open/exec/eval/compile/input and guard imports.
+The child runs inside the OS sandbox (``mechanisms/jail.py``), which is the boundary. With ``"lint": true`` (the
+default; false only in the tests of that boundary) it also lints at run time: after start-up an audit hook refuses
+processes, sockets, file access, frame and object-graph introspection and imports outside the policy's allowlist,
+and the mechanism's builtins lack open/exec/eval/compile/input and guard imports, so that the usual attempts end as
+readable errors. Code in the same interpreter can get around such a hook; it cannot get around the kernel.
 """
 
 import ast
@@ -149,16 +152,25 @@ def strip_unaudited() -> None:
 
 
 def install_hook(refused: list[str], quiet: list[bool]) -> None:
-    def hook(event: str, args: tuple[Any, ...]) -> None:
+    # What the hook reads is bound here, in its own cells, not looked up in this module's globals at each event
+    # (a mechanism that reached those globals could otherwise rebind them so that the hook refuses nothing).
+    def hook(
+        event: str,
+        args: tuple[Any, ...],
+        prefixes: tuple[str, ...] = REFUSED_PREFIXES,
+        allowed: frozenset[str] = frozenset(ALLOWED_IMPORTS),
+        modules: dict[str, Any] = sys.modules,
+        denied: type[PermissionError] = PermissionError,
+    ) -> None:
         if event == "import":
             module = str(args[0])
-            if _allowed(module) or module in sys.modules:
+            if module.split(".")[0] in allowed or module in modules:
                 return
-        elif not event.startswith(REFUSED_PREFIXES):
+        elif not event.startswith(prefixes):
             return
         if not quiet[0]:
             refused.append(event if event != "import" else f"import {args[0]}")
-        raise PermissionError(f"sandbox refused {event}")
+        raise denied(f"sandbox refused {event}")
 
     sys.addaudithook(hook)
 
@@ -241,9 +253,11 @@ def main() -> None:
     except BaseException as exc:
         fail("load", exc)
         return
-    strip_unaudited()
-    install_hook(refused, quiet)
-    namespace: dict[str, Any] = {"__builtins__": restricted_builtins(refused), "__name__": "mechanism"}
+    namespace: dict[str, Any] = {"__name__": "mechanism"}
+    if request.get("lint", True):
+        strip_unaudited()
+        install_hook(refused, quiet)
+        namespace["__builtins__"] = restricted_builtins(refused)
     try:
         exec(code, namespace)
         name, target = namespace["NAME"], namespace["TARGET"]

@@ -1,17 +1,22 @@
 """Run a mechanism's source in a child process, never in the parent.
 
-The child (``mechanisms/_child.py``) starts with no inherited environment (no API keys), a fresh scratch directory as
-cwd, CPU / address-space / file-size / open-file / process limits, a new session (the whole group is killed on
-timeout), a private network namespace when ``unshare`` is permitted, and an audit hook (see ``_child.py``). The
-mechanism's ``view.ask_llm`` calls come back to the parent as request lines and are answered with the real
-``ask_llm``; their time does not count against the wall-clock limit. The protocol is documented in ``_child.py``.
+The child (``mechanisms/_child.py``) runs inside the OS sandbox of ``mechanisms/jail.py`` (bubblewrap: its own user,
+PID, network, IPC and mount namespaces, a read-only filesystem of the system, Python and ``mechanisms/`` only, a
+private ``/tmp`` as its cwd, no inherited environment, no new processes, CPU / address-space / file-size /
+open-file / process limits); that is the boundary. Inside it, the static policy and an audit hook act as a linter
+that turns the usual attempts into readable errors. The mechanism's ``view.ask_llm`` calls come back to the parent
+as request lines and are answered with the real ``ask_llm``; their time does not count against the wall-clock
+limit. The protocol is documented in ``_child.py``. Every failure reaches the caller as a :class:`SandboxError`,
+never as another exception; a child whose lines are too long or nested too deep is refused before they are parsed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from mechanisms import jail
 from mechanisms.base import MechanismSpec
 from mechanisms.policy import check_source
 
@@ -33,6 +39,7 @@ CLONE_NEWNET = 0x40000000
 CHILD_ENV = {
     "PYTHONHASHSEED": "0",
     "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONNOUSERSITE": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -40,6 +47,9 @@ CHILD_ENV = {
 }
 _LIBC = ctypes.CDLL(None, use_errno=True)
 MAX_REQUEST_CHARS = 2_000  # guidance (truncated) and constraints (refused beyond) of one ask_llm request
+MAX_DEPTH = 32  # nesting of a JSON line from the child, checked before it is parsed (json recurses per level)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 ManyAsk = Callable[[int, str, "dict[str, Any] | None"], dict[str, Any]]
 
@@ -47,7 +57,8 @@ ManyAsk = Callable[[int, str, "dict[str, Any] | None"], dict[str, Any]]
 class SandboxError(RuntimeError):
     """A mechanism that could not run to a valid result; ``kind`` says why.
 
-    Kinds: policy, timeout, memory, cpu, file_size, crash, load, entry, refused, llm, llm_calls, bad_output.
+    Kinds: policy, sandbox (no sandbox could start), timeout, memory, cpu, file_size, crash, load, entry, refused,
+    llm, llm_calls, output, bad_output.
     """
 
     def __init__(self, kind: str, message: str, stderr: str = "") -> None:
@@ -65,9 +76,11 @@ class SandboxLimits:
     memory_bytes: int = 1 << 30
     file_size_bytes: int = 1 << 16
     open_files: int = 32
+    processes: int = 64  # RLIMIT_NPROC (threads included; the kernel does not apply it to a root driver's children)
+    scratch_bytes: int = 16 << 20  # the private /tmp
     max_output_bytes: int = 1 << 20
     max_llm_calls: int = 16  # per view
-    network_namespace: bool = True
+    network_namespace: bool = True  # --unsafe-no-sandbox only (the sandbox always has its own network namespace)
 
 
 @dataclass(frozen=True)
@@ -75,18 +88,28 @@ class RunStats:
     seconds: float  # wall time of the child, without the parent's ask_llm time
     view_seconds: list[float]  # the entry's own time per view, measured in the child
     llm_calls: list[int]  # ask_llm requests per view
-    refused: list[str] = field(default_factory=list)  # audit-hook refusals the mechanism caught and survived
+    refused: list[str] = field(default_factory=list)  # audit-hook refusals (a run that has any raises "refused")
 
 
-def _preexec(limits: SandboxLimits, views: int) -> Callable[[], None]:
+def json_depth(line: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it (strings are skipped)."""
+    skeleton = _STRINGS.sub(b"", line).translate(None, _NOT_BRACKETS)
+    if not skeleton:
+        return 0
+    return max(itertools.accumulate(1 if c in b"[{" else -1 for c in skeleton))
+
+
+def _rlimits(limits: SandboxLimits, views: int) -> jail.Rlimits:
     cpu = int(limits.cpu_s * max(1, views) + limits.startup_s)
+    return jail.Rlimits(cpu, limits.memory_bytes, limits.file_size_bytes, limits.open_files, limits.processes)
+
+
+def _unsafe_preexec(limits: SandboxLimits, views: int) -> Callable[[], None]:
+    """--unsafe-no-sandbox: the rlimits, and a network namespace where this process may create one."""
+    rlimits = replace(_rlimits(limits, views), processes=None)
 
     def setup() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        rlimits.apply()
         unshare = getattr(_LIBC, "unshare", None)  # Linux only
         if limits.network_namespace and unshare is not None:
             unshare(CLONE_NEWNET)  # needs CAP_SYS_ADMIN; without it the audit hook still refuses sockets
@@ -95,17 +118,15 @@ def _preexec(limits: SandboxLimits, views: int) -> Callable[[], None]:
     return setup
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
 def _exit_reason(code: int) -> str:
     by_signal = {-signal.SIGXCPU: "cpu", -signal.SIGXFSZ: "file_size", -signal.SIGKILL: "memory"}
     return by_signal.get(code, "crash")
+
+
+def mechanism_jail(limits: SandboxLimits) -> jail.Jail:
+    """What a mechanism's child sees: the system, Python, ``mechanisms/`` (read-only), a private /tmp; no processes."""
+    env = {**CHILD_ENV, "PATH": jail.SANDBOX_PATH, "HOME": "/tmp", "TMPDIR": "/tmp"}
+    return jail.Jail(read_only=(str(CHILD.parent),), env=env, cwd="/tmp", tmp_bytes=limits.scratch_bytes)
 
 
 class SandboxedMechanism:
@@ -113,16 +134,26 @@ class SandboxedMechanism:
 
     ``mech(view_payload, ask_llm)`` returns the entry's output for one view; ``run_many`` runs several views in one
     child (validation uses it). ``last_stats`` holds the counts of the latest run. With ``enforce_policy`` (the
-    default) the constructor refuses source that fails the static policy.
+    default) the constructor refuses source that fails the static policy; ``lint=False`` also leaves the child's
+    audit hook and restricted builtins out, so that only the OS sandbox stands between the source and the machine
+    (the escape tests use it).
     """
 
-    def __init__(self, spec: MechanismSpec, limits: SandboxLimits | None = None, *, enforce_policy: bool = True):
-        if enforce_policy:
+    def __init__(
+        self,
+        spec: MechanismSpec,
+        limits: SandboxLimits | None = None,
+        *,
+        enforce_policy: bool = True,
+        lint: bool = True,
+    ):
+        if enforce_policy and lint:
             report = check_source(spec.source)
             if not report.ok:
                 raise SandboxError("policy", "; ".join(report.messages()))
         self.spec = spec
         self.limits = limits or SandboxLimits()
+        self.lint = lint
         self.last_stats: RunStats | None = None
 
     def __call__(
@@ -130,76 +161,110 @@ class SandboxedMechanism:
     ) -> dict[str, Any]:
         return self.run_many([view_payload], lambda _index, guidance, constraints: ask_llm(guidance, constraints))[0]
 
-    def run_many(self, payloads: Sequence[Mapping[str, Any]], ask_llm: ManyAsk) -> list[dict[str, Any]]:
-        """Outputs of the entry for each payload (``params`` set from the spec), in order."""
-        views = [{**payload, "params": self.spec.params} for payload in payloads]
-        request = json.dumps({"op": "run", "source": self.spec.source, "views": views}, allow_nan=False) + "\n"
-        scratch = tempfile.mkdtemp(prefix="mechanism-")
+    def run_many(
+        self, payloads: Sequence[Mapping[str, Any]], ask_llm: ManyAsk, *, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Outputs of the entry for each payload (``params`` set from the spec), in order. ``deadline`` (a
+        ``time.monotonic()`` value) bounds the whole run on top of the per-view limits. Raises only SandboxError."""
         try:
-            return self._run(request, len(views), scratch, ask_llm)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            views = [{**payload, "params": self.spec.params} for payload in payloads]
+            request = {"op": "run", "source": self.spec.source, "views": views, "lint": self.lint}
+            line = json.dumps(request, allow_nan=False) + "\n"
+            return self._run(line, len(views), ask_llm, deadline)
+        except SandboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the caller gets a recorded refusal
+            raise SandboxError("crash", f"the sandbox failed: {type(exc).__name__}: {exc}"[:2000]) from exc
 
-    def _run(self, request: str, n: int, scratch: str, ask_llm: ManyAsk) -> list[dict[str, Any]]:
-        limits = self.limits
-        proc = subprocess.Popen(
-            [sys.executable, "-s", "-P", str(CHILD)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=scratch,
-            env={**CHILD_ENV, "TMPDIR": scratch},
-            close_fds=True,
-            start_new_session=True,
-            preexec_fn=_preexec(limits, n),
-        )
-        assert proc.stdin and proc.stdout and proc.stderr
-        session = _Session(proc, limits, n, ask_llm)
+    def _start(self, n: int, scratch: str) -> jail.Jailed:
+        command = [sys.executable, "-s", "-P", str(CHILD)]
+        pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        if jail.unsafe():
+            proc = subprocess.Popen(
+                command,
+                cwd=scratch,
+                env={**CHILD_ENV, "TMPDIR": scratch},
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_unsafe_preexec(self.limits, n),
+                **pipes,
+            )
+            return jail.Jailed(proc, None)
+        reason = jail.unavailable()
+        if reason is not None:
+            raise SandboxError("sandbox", f"no OS sandbox can start, so the mechanism does not run: {reason}")
+        return jail.spawn(command, mechanism_jail(self.limits), _rlimits(self.limits, n), **pipes)
+
+    def _run(self, request: str, n: int, ask_llm: ManyAsk, deadline: float | None) -> list[dict[str, Any]]:
+        scratch = tempfile.mkdtemp(prefix="mechanism-") if jail.unsafe() else ""
         try:
-            proc.stdin.write(request.encode())
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        try:
-            message = session.serve()
+            child = self._start(n, scratch)
+            try:
+                message, session = self._talk(child, request, n, ask_llm, deadline)
+            finally:
+                child.kill()
         finally:
-            _kill(proc)
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         if message is None:
-            code = proc.returncode
+            code = child.popen.returncode
             raise SandboxError(_exit_reason(code), f"the child exited ({code}) without a result", session.stderr())
+        refused = [str(r) for r in message.get("refused", [])] if isinstance(message.get("refused"), list) else []
         if message.get("op") == "error":
             view = message.get("view")
             where = f" (view {view})" if view is not None else ""
-            refused = f"; refused: {', '.join(message.get('refused', []))}" if message.get("refused") else ""
+            also = f"; refused: {', '.join(refused)}" if refused else ""
             raise SandboxError(
                 str(message.get("kind", "crash")),
-                f"{message.get('message')}{where}{refused}",
+                f"{message.get('message')}{where}{also}",
                 str(message.get("traceback", "")),
             )
         outputs = message.get("outputs")
         if message.get("op") != "result" or not isinstance(outputs, list) or len(outputs) != n:
             raise SandboxError("bad_output", f"malformed final message: {str(message)[:200]}")
+        if refused:  # it tried, was stopped, caught the error and carried on: still a refusal
+            raise SandboxError("refused", f"the sandbox refused {', '.join(refused[:5])} (the mechanism caught it)")
         bad = [i for i, out in enumerate(outputs) if not isinstance(out, dict)]
         if bad:
             raise SandboxError("bad_output", f"view {bad[0]}: the entry returned {type(outputs[bad[0]]).__name__}")
+        seconds = message.get("seconds")
         self.last_stats = RunStats(
-            session.elapsed(), list(message.get("seconds", [])), session.calls, list(message.get("refused", []))
+            session.elapsed(),
+            [float(s) for s in seconds] if isinstance(seconds, list) else [],
+            session.calls,
+            refused,
         )
         return outputs
 
+    def _talk(
+        self, child: jail.Jailed, request: str, n: int, ask_llm: ManyAsk, deadline: float | None
+    ) -> tuple[dict[str, Any] | None, _Session]:
+        proc = child.popen
+        assert proc.stdin and proc.stdout and proc.stderr
+        session = _Session(proc, self.limits, n, ask_llm, deadline)
+        try:
+            proc.stdin.write(request.encode())
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        return session.serve(), session
+
     def with_limits(self, **changes: Any) -> SandboxedMechanism:
-        return SandboxedMechanism(self.spec, replace(self.limits, **changes), enforce_policy=False)
+        return SandboxedMechanism(self.spec, replace(self.limits, **changes), enforce_policy=False, lint=self.lint)
 
 
 class _Session:
     """The parent's side of one child: reads messages, answers ask_llm, enforces time and output limits."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], limits: SandboxLimits, n: int, ask_llm: ManyAsk) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], limits: SandboxLimits, n: int, ask_llm: ManyAsk, total: float | None
+    ) -> None:
         self.proc, self.limits, self.ask_llm = proc, limits, ask_llm
         self.calls = [0] * n
         self.start = time.monotonic()
         self.llm_time = 0.0
         self.deadline = self.start + limits.startup_s + limits.wall_s * max(1, n)
+        self.total = total  # a hard end that ask_llm time does not move (validation's total time limit)
         self.buffer = b""
         self.err = b""
         self.loaded = False
@@ -216,7 +281,10 @@ class _Session:
         selector.register(self.proc.stdout, selectors.EVENT_READ)
         selector.register(self.proc.stderr, selectors.EVENT_READ)
         while selector.get_map():
-            remaining = self.deadline - time.monotonic()
+            now = time.monotonic()
+            if self.total is not None and now >= self.total:
+                raise SandboxError("timeout", "the total time limit of this validation ran out", self.stderr())
+            remaining = min(self.deadline, self.total if self.total is not None else self.deadline) - now
             if remaining <= 0:
                 limit = f"{self.limits.wall_s:g} s per view ({len(self.calls)} views)"
                 start = "once loaded" if self.loaded else f"after {self.limits.startup_s:g} s of start-up"
@@ -240,9 +308,11 @@ class _Session:
             line, self.buffer = self.buffer.split(b"\n", 1)
             if len(line) > self.limits.max_output_bytes:
                 raise SandboxError("bad_output", f"output larger than {self.limits.max_output_bytes} bytes")
+            if json_depth(line) > MAX_DEPTH:
+                raise SandboxError("bad_output", f"output nested deeper than {MAX_DEPTH} levels")
             try:
                 message = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise SandboxError("bad_output", f"not a JSON line: {line[:200]!r}", self.stderr()) from exc
             if not isinstance(message, dict):
                 raise SandboxError("bad_output", f"not a JSON object: {line[:200]!r}", self.stderr())

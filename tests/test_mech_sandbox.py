@@ -136,8 +136,24 @@ def test_ask_llm_failures_and_call_limit() -> None:
     assert info.value.kind == "llm_calls"
 
 
-def test_child_runs_in_a_scratch_directory() -> None:
-    body = "    return {'changes': {}, 'hypothesis': random._os.getcwd(), 'expected_direction': ''}"
-    out = mechanism(body)(payload(), no_llm)
-    assert Path(out["hypothesis"]).name.startswith("mechanism-") and out["hypothesis"] != os.getcwd()
-    assert not Path(out["hypothesis"]).exists()
+def test_child_runs_in_a_private_scratch_directory() -> None:
+    """Its cwd is the sandbox's own /tmp: a file written there (linter off, so the write is allowed) is not on the
+    host, and the host's /tmp is not visible in it."""
+    name = f"mechanism-scratch-{uuid.uuid4().hex}"
+    marker = Path("/tmp") / f"host-only-{uuid.uuid4().hex}"
+    marker.write_text("host")
+    body = (
+        "    o = random._os\n"
+        f"    o.close(o.open({name!r}, o.O_WRONLY | o.O_CREAT))\n"
+        f"    seen = sorted(o.listdir('/tmp'))\n"
+        "    return {'changes': {}, 'hypothesis': o.getcwd() + ' ' + ' '.join(seen), 'expected_direction': ''}"
+    )
+    source = f'NAME = "scratch"\nTARGET = "propose"\nimport random\n\ndef propose(view):\n{body}\n'
+    try:
+        out = SandboxedMechanism(MechanismSpec.from_source(source), FAST, enforce_policy=False, lint=False)(
+            payload(), no_llm
+        )
+    finally:
+        marker.unlink()
+    assert out["hypothesis"] == f"/tmp {name}" and out["hypothesis"] != os.getcwd()
+    assert not (Path("/tmp") / name).exists()
