@@ -234,6 +234,7 @@ class SurrogateExecutor:
         params = SearchSpace.from_train_source((trial.folder / "train.py").read_text()).defaults()
         outcome = self.model.serve(params, noise_seed(settings, trial.experiment_id, params))
         outcome["wall_seconds"] = round(time.monotonic() - start, 4)
+        outcome["surrogate"] = self.label  # every outcome, crashes included: nothing here was trained
         if outcome["ok"]:
             outcome["result"]["surrogate_label"] = self.label
         return outcome

@@ -44,7 +44,11 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     )
     ap.add_argument("--batch", type=int, default=1, help="proposals per iteration, trained in parallel")
     ap.add_argument(
-        "--executor", choices=["local", "ray"], default="local", help="where trials run: here, or on a Ray cluster"
+        "--executor",
+        type=executor_spec,
+        default="local",
+        help="where trials run: local (here), ray (a Ray cluster), or surrogate:PATH (no training: val_bpb served by "
+        "a model fitted on the real samples at PATH, e.g. ablation/data/surrogate_samples.csv; labelled surrogate)",
     )
     ap.add_argument(
         "--ray-address", help="auto (a `ray start` on this machine; default), host:6379 or ray://host:10001"
@@ -77,6 +81,18 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
             default="auto",
             help="compose a built-in (weak models; auto picks it for the embedded model) or write code",
         )
+
+
+def executor_spec(text: str) -> str:
+    """local | ray | surrogate:PATH, the samples' path made absolute so that a resume works from anywhere."""
+    if text in ("local", "ray"):
+        return text
+    if text.startswith("surrogate:") and text.split(":", 1)[1]:
+        path = Path(text.split(":", 1)[1]).resolve()
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"no surrogate samples at {path}")
+        return f"surrogate:{path}"
+    raise argparse.ArgumentTypeError(f"{text!r}: one of local, ray, surrogate:PATH")
 
 
 def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
@@ -117,6 +133,8 @@ def print_summary(run_dir: Path) -> None:
     table = Table(title=f"run {run_dir}")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    if data.get("surrogate"):
+        table.title = f"run {run_dir} (surrogate: val_bpb from a fitted model, nothing trained)"
     for key in ("experiments", "baseline_bpb", "best_bpb", "delta_bpb", "best_id", "kept", "crashes", "stop_reason"):
         value = data.get(key)
         table.add_row(key, f"{value:.6f}" if isinstance(value, float) else str(value))
@@ -139,7 +157,8 @@ def main_run(argv: list[str], *, bilevel: bool) -> int:
     config = config_from(ap.parse_args(argv), bilevel=bilevel)
     console.print(
         f"run folder [bold]{config.run_dir}[/], level {config.level}, {config.iterations} iterations of "
-        f"{config.budget_s:g} s"
+        f"{config.budget_s:g} s" + (f" [yellow](surrogate: {config.executor.split(':', 1)[1]})[/]"
+                                  if config.executor.startswith("surrogate:") else "")
     )
     execute(config, inner_only=not bilevel)
     write_report(Path(config.run_dir))

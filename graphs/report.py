@@ -79,9 +79,20 @@ def proposal_stats(ledger: Ledger) -> dict[str, Any]:
     }
 
 
-def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
+def surrogate_label(ledger: Ledger) -> str | None:
+    """The surrogate the run's val_bpb came from ("surrogate:PATH"), or None for a run that trained."""
+    for event in ledger.events("run_start"):
+        executor = str(event.get("executor") or "")
+        if executor.startswith("surrogate:"):
+            return executor
+    return None
+
+
+def plot_progress(experiments: list[dict[str, Any]], path: Path, surrogate: bool = False) -> None:
     """autoresearch's progress chart: every experiment's val_bpb, the kept ones, and the running best."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    if surrogate:
+        ax.set_title("val_bpb per experiment (surrogate: served by a fitted model, not trained)")
     xs = [e["iteration"] for e in experiments if isinstance(e.get("val_bpb"), float)]
     ys = [e["val_bpb"] for e in experiments if isinstance(e.get("val_bpb"), float)]
     ax.scatter(xs, ys, s=14, color="#bbbbbb", label="discarded")
@@ -113,7 +124,7 @@ def plot_progress(experiments: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_mechanisms(experiments: list[dict[str, Any]], path: Path) -> None:
+def plot_mechanisms(experiments: list[dict[str, Any]], path: Path, surrogate: bool = False) -> None:
     """Which mechanism proposed each experiment, over time."""
     names = sorted({e.get("mechanism") or "?" for e in experiments})
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.5))
@@ -122,7 +133,7 @@ def plot_mechanisms(experiments: list[dict[str, Any]], path: Path) -> None:
         ax.scatter(e["iteration"], names.index(e.get("mechanism") or "?"), color=colours[e["status"]], s=40)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("experiment (green kept, grey discarded, red crash)")
-    ax.set_title("mechanism active at each experiment")
+    ax.set_title("mechanism active at each experiment" + (" (surrogate executor)" if surrogate else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -137,10 +148,17 @@ def write_report(run_dir: Path) -> Path:
     for e in ledger.events("llm_call"):
         llm[(e.get("level", "?"), "calls")] += 1
         llm[(e.get("level", "?"), "tokens")] += int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0)
-    lines = [f"# Run report: {run_dir.name}", ""]
+    surrogate = surrogate_label(ledger)
+    lines = [f"# Run report: {run_dir.name}" + (" (surrogate)" if surrogate else ""), ""]
+    if surrogate:
+        lines += [
+            f"**Surrogate run**: no training happened; every val_bpb was served by the model fitted on the real "
+            f"samples at `{surrogate.split(':', 1)[1]}` (`--executor {surrogate}`).",
+            "",
+        ]
     if experiments:
-        plot_progress(experiments, run_dir / "progress.png")
-        plot_mechanisms(experiments, run_dir / "mechanisms.png")
+        plot_progress(experiments, run_dir / "progress.png", surrogate is not None)
+        plot_mechanisms(experiments, run_dir / "mechanisms.png", surrogate is not None)
         ok = [e for e in experiments if e["status"] != "crash" and isinstance(e.get("val_bpb"), float)]
         base = experiments[0].get("val_bpb")
         best = min((e["val_bpb"] for e in ok), default=None)

@@ -113,7 +113,7 @@ def execute(
             )
             final = outer_graph.invoke(outer_start, run_config, context=outer_ctx, durability=DURABILITY)
         ledger.event("run_end", llm_budget=ctx.budget.summary(), stop_reason=final.get("stop_reason"))
-        write_json_atomic(run_dir / "summary.json", summary(final, ctx.budget.summary(), inner_only))
+        write_json_atomic(run_dir / "summary.json", summary(final, ctx.budget.summary(), inner_only, config.executor))
         return dict(final)
 
 
@@ -143,7 +143,13 @@ def executor_for(config: RunConfig) -> Executor:
     if is_surrogate(config):
         from ablation.surrogate import SurrogateExecutor
 
-        return SurrogateExecutor.load(Path(config.executor.split(":", 1)[1]))
+        surrogate = SurrogateExecutor.load(Path(config.executor.split(":", 1)[1]))
+        if abs(surrogate.model.budget_s - config.budget_s) > 1e-9:
+            raise ValueError(
+                f"{surrogate.label} models trainings of {surrogate.model.budget_s:g} s: "
+                f"run it with --budget-s {surrogate.model.budget_s:g}"
+            )
+        return surrogate
     if config.executor == "ray":
         from nodes.ray_executor import RayExecutor
 
@@ -157,12 +163,17 @@ def resolve_generate_mode(config: RunConfig) -> str:
     return "compose" if llm_settings(config).embedded else "generate"
 
 
-def summary(final: dict[str, Any], budget: dict[str, Any], inner_only: bool) -> dict[str, Any]:
+def summary(
+    final: dict[str, Any], budget: dict[str, Any], inner_only: bool, executor: str = "local"
+) -> dict[str, Any]:
     inner = final if inner_only else final.get("inner", {})
     experiments = inner.get("experiments", [])
     baseline = experiments[0]["val_bpb"] if experiments and experiments[0]["status"] != "crash" else None
     best = inner.get("best_bpb")
     return {
+        "executor": executor,
+        # val_bpb served by a model fitted on real trainings: nothing of this run was trained
+        "surrogate": executor.startswith("surrogate:"),
         "experiments": len(experiments),
         "baseline_bpb": baseline,
         "best_bpb": best,

@@ -111,7 +111,8 @@ DUNDER_METHODS = frozenset(
         "__contains__",
     }
 )
-MAX_SOURCE_CHARS = 64_000
+MAX_SOURCE_CHARS = 20_000  # also what one structured answer field may hold (nodes/structured.py)
+MAX_NAME_CHARS = 64  # NAME becomes the mechanism's id (NAME@hash) and its folder name
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ def _check_header(tree: ast.Module) -> list[Violation]:
     name, target = found.get("NAME"), found.get("TARGET")
     if not (isinstance(name, str) and name.isidentifier()):
         out.append(Violation(1, "the module must declare NAME = '<identifier>' at top level"))
+    elif len(name) > MAX_NAME_CHARS:
+        out.append(Violation(1, f"NAME has {len(name)} characters (at most {MAX_NAME_CHARS})"))
     if target not in TARGETS:
         out.append(Violation(1, f"the module must declare TARGET = one of {list(TARGETS)} at top level"))
     elif target not in entries:
@@ -262,9 +265,78 @@ def check_source(source: str) -> PolicyReport:
         return PolicyReport(False, [Violation(0, f"source longer than {MAX_SOURCE_CHARS} characters")])
     try:
         tree = ast.parse(source)
+        checker = _Checker()
+        checker.visit(tree)
     except SyntaxError as exc:
         return PolicyReport(False, [Violation(exc.lineno or 0, f"syntax error: {exc.msg}")])
-    checker = _Checker()
-    checker.visit(tree)
+    except (RecursionError, MemoryError):
+        return PolicyReport(False, [Violation(0, "the source nests expressions too deeply to be checked")])
     violations = sorted(checker.violations + _check_header(tree), key=lambda v: v.line)
     return PolicyReport(not violations, violations)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the policy, stated for the author of a mechanism; ``key`` names it for tests and docs."""
+
+    key: str
+    text: str
+
+
+def _names(names: frozenset[str]) -> str:
+    return ", ".join(f"`{n}`" for n in sorted(names))
+
+
+def policy_rules() -> list[Rule]:
+    """The policy as sentences built from the constants above, in the order ``check_source`` applies them: the
+    generate prompt and docs/mechanisms.md state exactly these, so what a model is told cannot drift from what is
+    enforced."""
+    future = (
+        "; `from __future__ import ...` is refused too (not an allowed module)"
+        if "__future__" not in ALLOWED_IMPORTS
+        else ""
+    )
+    plain_calls = FORBIDDEN_CALLS - ATTRIBUTE_BUILTINS
+    return [
+        Rule("size", f"The module is at most {MAX_SOURCE_CHARS:,} characters long."),
+        Rule(
+            "header",
+            'At top level, plain assignments (no annotation) of string literals: `NAME = "..."`, a Python '
+            f"identifier of at most {MAX_NAME_CHARS} characters (CamelCase is fine; it is the mechanism's name), and "
+            f'`TARGET = "propose"`; and the entry function named after TARGET taking the view: `def propose(view):`.',
+        ),
+        Rule(
+            "imports",
+            f"Import only {_names(ALLOWED_IMPORTS)} (and their submodules); never {_names(FORBIDDEN_MODULES)}, and "
+            f"no variable may carry one of these forbidden module names; no relative imports, no `import *`, no "
+            f"imported name starting with `_`{future}.",
+        ),
+        Rule("global", "No `global` statement: derive every memory from `view.trace`."),
+        Rule(
+            "calls",
+            f"Never use the names {_names(plain_calls)}; {_names(ATTRIBUTE_BUILTINS)} only with a literal attribute "
+            'name that does not start with `_` (e.g. `getattr(obj, "name", None)`).',
+        ),
+        Rule(
+            "dunder",
+            "No dunder name (two leading and two trailing underscores) as a name or an attribute, except "
+            "`super().__init__(...)`.",
+        ),
+        Rule("attributes", f"Never reach the attributes {_names(FORBIDDEN_ATTRIBUTES)}."),
+        Rule(
+            "private",
+            "A private attribute `obj._x` only on `self` or `cls` (module-level `_helper` functions are fine).",
+        ),
+        Rule(
+            "strings",
+            "No string constant may contain two consecutive underscores, docstrings and f-string parts included; "
+            "no bytes constants.",
+        ),
+        Rule("async", "No `async def`."),
+        Rule(
+            "methods",
+            f"A class may define only these dunder methods: {_names(DUNDER_METHODS)} (so no `__getitem__`, "
+            "`__call__`, `__getattr__`, ...).",
+        ),
+        Rule("class_keywords", "No class keywords (`metaclass=...`)."),
+    ]

@@ -33,7 +33,7 @@ class ValidationReport:
     target: str | None = None
     sha256: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and max_view_s
-    replay: dict[str, int] = field(default_factory=dict)  # n, distinct, changed_vs_llm
+    replay: dict[str, int] = field(default_factory=dict)  # n, distinct, changed_vs_llm (views whose changes differ)
     llm_calls: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,8 +233,8 @@ def _replay_summary(space: SearchSpace, payloads: list[dict[str, Any]], outputs:
     llm = ScriptedLLM(space, payloads, seed)
     changed = 0
     for payload, output in zip(payloads, outputs, strict=True):
-        if target == "propose":
-            changed += output != llm.baseline(payload)
+        if target == "propose":  # what it changes, not how it words the hypothesis
+            changed += output.get("changes") != llm.baseline(payload)["changes"]
         else:
             result, best = payload["result"], payload["best_bpb"]
             greedy = (

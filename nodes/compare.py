@@ -12,14 +12,31 @@ from nodes.ledger import write_json_atomic
 from nodes.state import OuterState, SegmentRecord
 
 
-def judge(trial: SegmentRecord, before: SegmentRecord | None) -> tuple[bool, str]:
-    """Keep when the trial segment moved the best further than the segment before it (ties roll back: no evidence)."""
+def judge(trial: SegmentRecord, before: SegmentRecord | None, baseline_bpb: float | None = None) -> tuple[bool, str]:
+    """Keep when the trial segment moved the best further than the segment before it (ties roll back: no evidence).
+
+    The first segment trains the baseline itself, so it has no best before it: its progress is measured from the
+    baseline's val_bpb (else any progress at all would keep the first mechanism injected after it)."""
     if trial["crashes"] > trial["last"] - trial["first"] - trial["crashes"]:
         return False, f"more crashes ({trial['crashes']}) than successful experiments in its segment"
-    reference = before["progress"] if before else 0.0
+    reference = progress_of(before, baseline_bpb) if before else 0.0
     if trial["progress"] > reference:
         return True, f"progress {trial['progress']:.6f} bpb in its segment against {reference:.6f} before"
     return False, f"progress {trial['progress']:.6f} bpb in its segment, not more than {reference:.6f} before"
+
+
+def progress_of(segment: SegmentRecord, baseline_bpb: float | None) -> float:
+    """A segment's progress; for the segment that trained the baseline, from the baseline to its best."""
+    if segment.get("best_before") is None and baseline_bpb is not None and segment.get("best_after") is not None:
+        return round(baseline_bpb - segment["best_after"], 6)
+    return segment["progress"]
+
+
+def baseline_of(experiments: list[dict[str, Any]]) -> float | None:
+    first = next((e for e in experiments if e.get("iteration") == 0), None)
+    if first is None or first.get("status") == "crash" or not isinstance(first.get("val_bpb"), float):
+        return None
+    return float(first["val_bpb"])
 
 
 def compare(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
@@ -29,7 +46,7 @@ def compare(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
         return {}
     trial = segments[-1]
     before = segments[-2] if len(segments) > 1 else None
-    keep, evidence = judge(trial, before)
+    keep, evidence = judge(trial, before, baseline_of(state["inner"].get("experiments", [])))
     active, previous = state["active"], state.get("previous")
     decision: dict[str, Any] = {
         "cycle": state.get("cycle", 0),

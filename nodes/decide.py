@@ -46,6 +46,7 @@ def experiment_record(item: dict[str, Any], outcome: dict[str, Any], status: str
         "reason": reason,
         "error": outcome.get("error"),
         "description": description,
+        **({"surrogate": outcome["surrogate"]} if outcome.get("surrogate") else {}),  # val_bpb from a fitted model
     }
 
 

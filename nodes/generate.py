@@ -7,13 +7,17 @@ the LLM picks a built-in mechanism family and its parameters through structured 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from mechanisms.policy import MAX_NAME_CHARS
+from mechanisms.space import SearchSpace
 from nodes.context import OuterContext
 from nodes.mechanism_calls import mechanism_record
 from nodes.mechanism_loader import builtin_catalogue, builtin_source, coerce_builtin_params, mechanism_source
@@ -28,9 +32,8 @@ class Setting(BaseModel):
 
 
 class GeneratedMechanism(BaseModel):
-    name: str = Field(description="short identifier, e.g. tabu_ucb")
-    source: str = Field(description="the whole Python module")
-    rationale: str = Field(description="how it addresses the diagnosis")
+    source: str = Field(description="the whole Python module; its NAME constant names the mechanism")
+    rationale: str = Field(default="", description="how it addresses the diagnosis")
 
 
 def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
@@ -128,16 +131,25 @@ def _family_for(diagnosis: dict[str, Any], families: tuple[str, ...], active: st
 def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     diagnosis = state.get("diagnosis") or {}
     validation = state.get("validation") or {}
+    inner = state["inner"]
+    repairs = state.get("repairs", 0)
     repair = ""
     if validation and not validation.get("ok") and state.get("candidate_source"):
         repair = (
             f"\nYour previous module was refused by the validator:\n{json.dumps(validation.get('errors'))}\n"
             f"The refused module:\n```python\n{state['candidate_source']}\n```\nFix it.\n"
         )
+    settings_frozen = set(inner.get("settings", {}).get("frozen", []))
+    frozen = [p.name for p in ctx.inner.space if p.frozen or p.name in settings_frozen]
     prompt = GENERATE_USER.format(
         bottleneck=diagnosis.get("bottleneck"),
         evidence=diagnosis.get("evidence"),
         ideas="; ".join(diagnosis.get("ideas", [])),
+        frozen=", ".join(frozen) or "none",
+        best=inner.get("best_bpb"),
+        space=space_table(ctx.inner.space, inner.get("incumbent", {}), frozen),
+        segment=ctx.segment,
+        repairs=max(0, ctx.max_repairs - repairs),
         source=mechanism_source(state["active"], ctx.inner.ledger.root),
         repair=repair,
     )
@@ -150,23 +162,86 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         )
         return {"candidate": None, "candidate_source": None}
     value: GeneratedMechanism = answer.value
-    source = _strip_fences(value.source)
-    name = re.sub(r"[^a-z0-9_]", "_", value.name.lower())[:40] or "generated"
-    record = mechanism_record(name, "generated", source)
+    source = extract_module(value.source)
+    record = mechanism_record(record_name(source), "generated", source)
     ctx.inner.ledger.event(
         "generate",
         cycle=state.get("cycle", 0),
         mode="generate",
         candidate=record,
         rationale=value.rationale,
-        repair_round=state.get("repairs", 0),
+        repair_round=repairs,
     )
     return {"candidate": record, "candidate_source": source}
 
 
-def _strip_fences(source: str) -> str:
-    match = re.search(r"```(?:python)?\n(.*?)```", source, re.S)
-    return match.group(1) if match else source
+def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[str]) -> str:
+    """The run's search space as the model reads it: one row per parameter, with the incumbent's value."""
+    rows = [
+        "| name | kind | range or choices | scale | multiple_of | incumbent | frozen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in space:
+        if p.kind in ("int", "float"):
+            bounds, scale = f"[{p.low:g}, {p.high:g}]", "log" if p.log else "linear"
+        else:
+            bounds, scale = ", ".join(repr(c) for c in (p.choices or (True, False))), "-"
+        value = incumbent.get(p.name, p.default)
+        rule = "*".join(p.multiple_of) or "-"
+        frozen_text = "yes" if p.name in frozen else "no"
+        rows.append(f"| {p.name} | {p.kind} | {bounds} | {scale} | {rule} | {value!r} | {frozen_text} |")
+    return "\n".join(rows)
+
+
+# A fence: ``` or ~~~ (three or more), an info string, the body, the same fence closing it (or the end: truncated).
+_FENCE = re.compile(
+    r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)(?:^[ \t]*(?P=fence)[ \t]*$|\Z)", re.M | re.S
+)
+_PYTHON_INFO = frozenset({"", "py", "python", "python3", "py3"})
+_CODE_START = re.compile(r"^(\"\"\"|'''|#|import |from |def |class |@|[A-Za-z_]\w* *(:[^=]*)?=)")
+_NAME_LINE = re.compile(r"^NAME\s*(?::[^=\n]*)?=\s*(?P<q>['\"])(?P<name>[^'\"\n]*)(?P=q)", re.M)
+
+
+def extract_module(text: str) -> str:
+    """The Python module in a model's answer: the fenced block (``` or ~~~, info string py / python / Python /
+    python3 or none, CRLF line ends) that declares NAME and a function; without a fence, the code between the
+    prose lines around it."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = [
+        m.group("body") for m in _FENCE.finditer(text) if m.group("info").strip().lower().split(" ")[0] in _PYTHON_INFO
+    ]
+    if blocks:
+        declaring = [b for b in blocks if _NAME_LINE.search(b) and re.search(r"^def \w+\(", b, re.M)]
+        return _tidy(max(declaring or blocks, key=len))
+    if _parses(text):
+        return text  # already a module: kept as written
+    lines = text.split("\n")
+    for first in [i for i, line in enumerate(lines) if _CODE_START.match(line)][:3]:
+        for last in range(len(lines), max(first, len(lines) - 40), -1):
+            chunk = "\n".join(lines[first:last])
+            if "def " in chunk and _parses(chunk):
+                return _tidy(chunk)
+    return _tidy(text)
+
+
+def _parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _tidy(source: str) -> str:
+    return source.strip("\n") + "\n"
+
+
+def record_name(source: str) -> str:
+    """The mechanism's name: the module's own NAME, its single source. A module without a usable NAME is refused by
+    the validator; its record is named "unnamed" so that its folder can still keep it."""
+    match = _NAME_LINE.search(source)
+    name = match.group("name") if match else ""
+    return name if name.isidentifier() and len(name) <= MAX_NAME_CHARS else "unnamed"
 
 
 def generate(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from nodes.context import OuterContext
-from nodes.ledger import write_atomic, write_json_atomic
 from nodes.state import OuterState
+from nodes.validate import keep_candidate
 
 
 def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
@@ -21,17 +21,15 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     validation = state.get("validation") or {}
     if candidate is None or not validation.get("ok"):
         return {}
-    record: dict[str, Any] = dict(candidate)
-    folder = ctx.inner.ledger.mechanism_dir(record["id"].replace("@", "-"))
     source = state.get("candidate_source") or ""
-    write_atomic(folder / "source.py", source)
-    if record["origin"] == "generated":
-        record["path"] = str((folder / "source.py").relative_to(ctx.inner.ledger.root))
-    write_json_atomic(folder / "diagnosis.json", state.get("diagnosis") or {})
-    write_json_atomic(folder / "validation.json", validation)
-    write_json_atomic(folder / "record.json", record)
-    problem = ctx.topology_check(state["active"], record) if ctx.topology_check else None
+    diagnosis = state.get("diagnosis") or {}
+    record = keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "validated")
+    try:
+        problem = ctx.topology_check(state["active"], record) if ctx.topology_check else None
+    except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is refused; it never stops the run
+        problem = f"the inner graph could not be built with it: {type(e).__name__}: {e}"
     if problem:
+        keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, {**validation, "inject": problem}, "refused")
         ctx.inner.ledger.event(
             "inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=False, reason=problem
         )
@@ -42,6 +40,7 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
                 {"cycle": state.get("cycle", 0), "event": "refused", "mechanism": record["id"], "reason": problem},
             ],
         }
+    keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "injected")
     ctx.inner.ledger.event(
         "inject",
         cycle=state.get("cycle", 0),

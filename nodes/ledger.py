@@ -43,6 +43,8 @@ def results_row(record: dict[str, Any]) -> str:
     bpb_text = f"{bpb:.6f}" if isinstance(bpb, float) and record["status"] != "crash" else "0.000000"
     memory_gb = (record.get("peak_memory_mb") or 0.0) / 1024
     description = " ".join(str(record.get("description", "")).split())[:200]
+    if record.get("surrogate"):  # not a training: val_bpb served by the surrogate model
+        description = f"[surrogate] {description}"
     return f"{record['id']}\t{bpb_text}\t{memory_gb:.1f}\t{record['status']}\t{description}\n"
 
 

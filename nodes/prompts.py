@@ -88,29 +88,155 @@ Mechanism families and their parameters (name: default, meaning):
 Currently active: {active}. Pick a family (another one than the active one unless the diagnosis says it works) and
 its parameters."""
 
-GENERATE_SYSTEM = """You write search mechanisms: small, deterministic Python modules that replace the `propose` step of
-an automated hyperparameter search. The contract:
-- module constants NAME (a short identifier) and TARGET = "propose";
-- one entry function `def propose(view):` returning {{"changes": {{name: value}}, "hypothesis": str,
-  "expected_direction": "lower"}} with 1 to 3 changes of parameters from view.space, inside their ranges, not frozen,
-  not equal to the incumbent value, and keeping every multiple_of rule of the space (train.py refuses the others);
-- view fields: view.trace (tuple of experiment dicts: id, iteration, params, changes, val_bpb, status), view.space
-  (params: name, kind, low, high, choices, log, multiple_of; methods check_changes, neighbour(params, rng, names,
-  scale), sample, repair(config) (a configuration moved to satisfy multiple_of rules), distance,
-  free_names(frozen)), view.incumbent (dict), view.best_bpb, view.iteration, view.rng (random.Random: the only
-  randomness allowed), view.settings (strategy, frozen, guidance), view.ask_llm(guidance="", constraints=None)
-  which returns an LLM proposal dict (constraints={{"only": [names]}} restricts which parameters it may change);
-- no I/O, no global state: derive all memory from view.trace. Allowed imports: math, random, itertools, collections,
-  statistics, functools, heapq, dataclasses, typing, numpy. No dunder attributes, no open/exec/eval/getattr."""
+# ---- generate mode (Level 2): the whole contract a mechanism module is held to ----
+# GENERATE_SYSTEM is built once from the policy (mechanisms/policy.py), the sandbox's limits and the contract's
+# constants, and its example is checked by the validator (tests/test_generate_prompt.py): the text cannot drift from
+# what is enforced. The run's own figures (search space, segment, repairs left) go into GENERATE_USER.
 
-GENERATE_USER = """Diagnosis:
+GENERATE_EXAMPLE = '''"""Least-tried coordinate steps that avoid configurations already tried."""
+
+from dataclasses import dataclass
+
+NAME = "LeastTriedSteps"
+TARGET = "propose"
+SCALE = 0.15  # width of a step in unit space
+
+
+@dataclass
+class Tally:
+    tried: int = 0
+    kept: int = 0
+
+
+def tallies(view) -> dict:
+    out = {name: Tally() for name in view.free_names}
+    for record in view.trace:
+        for name in record["changes"]:
+            if name in out:
+                out[name].tried += 1
+                out[name].kept += record["status"] == "keep"
+    return out
+
+
+def propose(view) -> dict:
+    counts = tallies(view)
+    order = sorted(counts, key=lambda name: (counts[name].tried, name))
+    seen = [record["params"] for record in view.trace]
+    for name in order[:5]:
+        changes = view.space.neighbour(view.incumbent, view.rng, [name], SCALE)
+        config = view.space.apply(view.incumbent, changes)
+        if changes and not view.check_changes(changes) and all(view.space.distance(config, p) > 0.01 for p in seen):
+            return {"changes": changes, "hypothesis": "a step of " + name + ", the least-tried parameter",
+                    "expected_direction": "lower"}
+    return view.ask_llm("every least-tried step led back to a tried configuration")
+'''
+
+GENERATE_SYSTEM_TEMPLATE = """You write search mechanisms: small, deterministic Python modules that replace the
+`propose` step of an automated hyperparameter search. The search tunes the pretraining of a small GPT under a fixed
+time budget; each experiment is scored by val_bpb (validation bits per byte, lower is better). Put the whole module
+in `source`.
+
+## The contract
+The module declares `NAME` (the mechanism's name, exactly as you write it), `TARGET = "propose"` and the entry
+`def propose(view) -> dict`. It is called once per experiment, in a sandboxed child process, with a fresh read-only
+view: keep no state between calls (derive every memory from `view.trace`) and take all randomness from `view.rng`.
+It returns exactly these keys:
+    {{"changes": {{"PARAM": value, ...}}, "hypothesis": "one sentence", "expected_direction": "lower"}}
+- `changes`: 1 to {max_changes} parameters of the search space, each of its kind (int: a Python int; float; bool;
+  choice: one of the choices), inside [low, high], not frozen (`view.frozen`), not equal to the incumbent's value,
+  and the configuration incumbent + changes keeping every `multiple_of` rule (the helpers below do all this).
+- `hypothesis`, `expected_direction`: strings. No other keys.
+At run time an output that breaks these, an exception or a timeout is recorded as a failed call and the plain LLM
+proposer answers that experiment instead.
+
+## The view (read-only, except `view.rng`)
+- `view.trace`: tuple of experiment records, oldest first; each a mapping with `id` ("e0003"), `iteration` (int),
+  `params` (the whole configuration trained), `changes` (what that proposal changed; empty for the baseline),
+  `hypothesis`, `val_bpb` (float; None for a crash or a record not yet trained), `status` (one of {statuses}),
+  `mechanism` (id of the mechanism that proposed it), `description`; finished records also carry `reason`,
+  `seconds`, `proposal_source` ("llm" | "fallback" | "mechanism") and `error`.
+- `view.incumbent`: mapping name -> value of the best configuration so far (the defaults before any keep);
+  `view.best_bpb`: float or None; `view.iteration`: int (0 is the baseline); `view.seed`: int.
+- `view.rng`: a `random.Random` seeded for this call, the only randomness allowed.
+- `view.settings`: mapping with `strategy` (e.g. "explore", "exploit"), `frozen` (names), `guidance` (str) and
+  `noise_margin` (float: a keep must beat the best by more than this).
+- `view.frozen` -> tuple of frozen names (declared or set by the settings); `view.free_names` -> tuple of the others.
+- `view.check_changes(changes)` -> list of error strings, empty when `changes` is an admissible proposal.
+- `view.ask_llm(guidance="", constraints=None)` -> {{"changes": {{...}}, "hypothesis": str,
+  "expected_direction": str}}: an LLM proposal, admissible as returned; `constraints={{"only": [names]}}` restricts
+  which parameters it may change. At most {max_llm_calls} calls per view; each one is a real LLM call.
+
+## The search space: `view.space`
+- `view.space.names` -> tuple of names; `name in view.space`; `for p in view.space`; `view.space[name]` -> the
+  parameter `p`: `p.name`, `p.kind` ("int" | "float" | "choice" | "bool"), `p.low`, `p.high`, `p.choices` (tuple),
+  `p.log` (bool: log scale), `p.frozen`, `p.default`, `p.multiple_of` (tuple of names), `p.to_unit(value)` -> float
+  in [0, 1] (log-aware; the index for choices) and `p.from_unit(u)` -> the value at u (ints rounded).
+- `defaults()` -> dict; `free_names(frozen=())` -> tuple; `groups(frozen=())` -> dict group -> names.
+- `neighbour(params, rng, names, scale=0.1)` -> dict of changes moving every name in `names` away from its value in
+  `params` (a Gaussian step of width `scale` in unit space; choices move, bools flip; `multiple_of` repaired).
+- `sample(rng)` -> a whole random configuration (take at most {max_changes} of its values as changes).
+- `apply(params, changes)` -> the whole configuration; `shift(name, value, delta)` -> a numeric value moved by
+  `delta` in unit space; `levels(name, k, center=None, step=0.25)` -> up to k distinct levels of a factor.
+- `distance(a, b)` -> float (Chebyshev distance in the unit cube); `normalise(params)` -> list of floats in [0, 1].
+- `repair(config)` -> config with the `multiple_of` rules satisfied; `constraint_errors(config)`,
+  `check_values(values)` and `check_changes(changes, incumbent, frozen=())` -> lists of error strings.
+
+## Rules the validator enforces (a static check, before anything runs)
+{rules}
+Sandbox: each view gets {wall_s:g} s and {cpu_s} s of CPU, {memory_mib} MiB of memory, no files, no network, no
+processes. What needs frame introspection (`collections.namedtuple`, `typing.NamedTuple`) fails there:
+use `dataclasses` or plain classes.
+
+## How a candidate is judged
+1. The static rules above. 2. Loading in the sandbox. 3. A contract test: the entry runs on synthetic traces built
+from this run's space (empty, the baseline alone, keep, discard and crash records); every output must meet the
+contract. 4. A replay on prefixes of the run's recorded trace ("what would it have proposed?"), same checks.
+5. Determinism: every batch of views runs twice in separate processes, the second time in reverse order; the outputs
+must be identical. 6. Not a constant: the outputs may not all be the same. During validation `ask_llm` is answered by
+a deterministic stand-in. A refused module comes back to you with the validator's errors, for a repair.
+An accepted module is injected as the propose node for the next segment (its trial). After that segment `compare`
+keeps it only if the best val_bpb fell more during its segment than during the segment before (the first segment is
+measured from the baseline); a tie, or more crashes than successful experiments, rolls it back.
+
+## An example module (it passes validation)
+```python
+{example}```"""
+
+
+def _generate_system() -> str:
+    from mechanisms.policy import policy_rules
+    from mechanisms.sandbox import SandboxLimits
+    from mechanisms.space import MAX_CHANGES
+
+    limits = SandboxLimits()
+    return GENERATE_SYSTEM_TEMPLATE.format(
+        max_changes=MAX_CHANGES,
+        statuses=", ".join(f'"{s}"' for s in TRACE_STATUSES),
+        max_llm_calls=limits.max_llm_calls,
+        rules="\n".join(f"- {rule.text}" for rule in policy_rules()),
+        wall_s=limits.wall_s,
+        cpu_s=limits.cpu_s,
+        memory_mib=limits.memory_bytes >> 20,
+        example=GENERATE_EXAMPLE,
+    )
+
+
+TRACE_STATUSES = ("keep", "discard", "crash", "running")  # "running": a proposal of the current batch, not trained
+GENERATE_SYSTEM = _generate_system()
+
+GENERATE_USER = """Diagnosis of the search so far:
 bottleneck: {bottleneck}
 evidence: {evidence}
 ideas: {ideas}
 
-The active mechanism for reference:
+This run's search space (frozen: {frozen}; the incumbent is the best configuration so far, best val_bpb {best}):
+{space}
+
+Your module is tried for the next {segment} experiments; {repairs} repair round(s) remain if it is refused.
+
+The active mechanism, for reference:
 ```python
 {source}
 ```
 {repair}
-Write the new mechanism module."""
+Write the new mechanism module: the whole module, in `source`."""
