@@ -91,8 +91,23 @@ FORBIDDEN_ATTRIBUTES = frozenset(
         "environ",
         "mro",
         "format_map",
+        # numpy's file and pickle I/O (the sandbox has no file to read and nowhere to write; say so early)
+        "load",
+        "save",
+        "savez",
+        "savez_compressed",
+        "fromfile",
+        "tofile",
+        "memmap",
+        "loadtxt",
+        "savetxt",
+        "genfromtxt",
+        "fromregex",
+        "DataSource",
+        "ctypeslib",
+        "dump",
     }
-)
+) | FORBIDDEN_MODULES  # a forbidden module reached as an attribute of an allowed one: typing.sys, dataclasses.sys
 ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 DUNDER_METHODS = frozenset(
     {
@@ -177,7 +192,10 @@ class _Checker(ast.NodeVisitor):
         func = node.func
         if isinstance(func, ast.Name) and func.id in ATTRIBUTE_BUILTINS:
             key = node.args[1] if len(node.args) > 1 else None
-            if isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_"):
+            name = key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+            if name is not None and name in FORBIDDEN_ATTRIBUTES:  # getattr(gen, "gi_frame") is gen.gi_frame
+                self.refuse(node, f"{func.id}() of the forbidden attribute {name!r}")
+            elif name is not None and not name.startswith("_"):
                 self.allowed_calls.add(id(func))
             else:
                 self.refuse(node, f"{func.id}() needs a literal attribute name that does not start with '_'")

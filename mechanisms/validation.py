@@ -22,6 +22,9 @@ from mechanisms.sandbox import SandboxedMechanism, SandboxError, SandboxLimits
 from mechanisms.space import SearchSpace
 
 STAGES = ("policy", "load", "contract", "replay", "done")
+# All stages of one candidate together (the per-view and start-up limits apply inside it): a mechanism that sleeps
+# just under the per-view limit in each of its ~30 views is stopped here, not after minutes.
+TIME_LIMIT_S = 60.0
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ValidationReport:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and max_view_s
     replay: dict[str, int] = field(default_factory=dict)  # n, distinct, changed_vs_llm (views whose changes differ)
     llm_calls: int = 0
+    time_limit_s: float | None = None  # the total time limit of this validation, all stages together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,18 +145,22 @@ def replay_payloads(
 
 
 class _Validator:
-    def __init__(self, spec: MechanismSpec, space: SearchSpace, seed: int, limits: SandboxLimits) -> None:
-        self.spec, self.space, self.seed, self.limits = spec, space, seed, limits
+    def __init__(
+        self, spec: MechanismSpec, space: SearchSpace, seed: int, limits: SandboxLimits, deadline: float
+    ) -> None:
+        self.spec, self.space, self.seed, self.limits, self.deadline = spec, space, seed, limits, deadline
         self.mech = SandboxedMechanism(spec, limits)
         self.llm_calls = 0
         self.max_view_s = 0.0
 
     def run_twice(self, payloads: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
         """Outputs in order and the errors: invalid outputs, slow views, order- or run-dependent outputs."""
-        forward = self.mech.run_many(payloads, ScriptedLLM(self.space, payloads, self.seed))
+        forward = self.mech.run_many(payloads, ScriptedLLM(self.space, payloads, self.seed), deadline=self.deadline)
         stats = self.mech.last_stats
         reversed_payloads = payloads[::-1]
-        backward = self.mech.run_many(reversed_payloads, ScriptedLLM(self.space, reversed_payloads, self.seed))[::-1]
+        backward = self.mech.run_many(
+            reversed_payloads, ScriptedLLM(self.space, reversed_payloads, self.seed), deadline=self.deadline
+        )[::-1]
         errors = []
         if stats is not None:
             self.llm_calls += sum(stats.llm_calls)
@@ -179,9 +187,34 @@ def validate_mechanism(
     settings: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     max_replay: int = 12,
+    time_limit_s: float = TIME_LIMIT_S,
 ) -> ValidationReport:
-    """Run the four stages; the report says how far the mechanism got and why it stopped."""
-    report = ValidationReport(ok=False, stage="policy")
+    """Run the four stages; the report says how far the mechanism got and why it stopped.
+
+    It never raises (but KeyboardInterrupt): whatever goes wrong on the way — in the candidate, the sandbox or this
+    code — is a refusal with the reason in the report. ``time_limit_s`` bounds all stages together."""
+    report = ValidationReport(ok=False, stage="policy", time_limit_s=time_limit_s)
+    try:
+        return _validate(report, source, space, trace, seed, limits, settings, params, max_replay, time_limit_s)
+    except Exception as exc:  # noqa: BLE001 - a candidate must never crash the run that validates it
+        report.ok = False
+        report.errors = [f"{report.stage}: the validation failed: {type(exc).__name__}: {exc}"[:2000]]
+        return report
+
+
+def _validate(
+    report: ValidationReport,
+    source: str,
+    space: SearchSpace,
+    trace: Sequence[Mapping[str, Any]],
+    seed: int,
+    limits: SandboxLimits | None,
+    settings: Mapping[str, Any] | None,
+    params: Mapping[str, Any] | None,
+    max_replay: int,
+    time_limit_s: float,
+) -> ValidationReport:
+    deadline = time.monotonic() + time_limit_s
     settings = dict(settings or {})
     clock = time.perf_counter()
     policy = check_source(source)
@@ -192,7 +225,7 @@ def validate_mechanism(
     report.stage = "load"
     try:
         spec = MechanismSpec.from_source(source, "generated", params)
-        validator = _Validator(spec, space, seed, limits or SandboxLimits())
+        validator = _Validator(spec, space, seed, limits or SandboxLimits(), deadline)
     except (MechanismError, SandboxError) as exc:
         report.errors = [str(exc)]
         return report
