@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from gpt import evaluate, prepare, runtime
+from gpt import evaluate, machine, prepare, runtime
 from gpt import train as T
 
 NAIVE = Path(os.environ.get("GPT_NAIVE_BENCH", Path(__file__).resolve().parents[2] / "shared/bench/naive_gpt_step.py"))
@@ -108,9 +108,9 @@ def run_naive(vocab: int, dtype: str, seconds: float) -> dict[str, float]:
 
 
 def speed(args: argparse.Namespace) -> dict:
-    device, dtype = runtime.pick_device(args.device, args.dtype)
-    if device == "cpu":
+    if args.device in ("auto", "cpu"):
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+    device, dtype, profile = runtime.pick_device(args.device, args.dtype)
     dt_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     print(
         f"config: dim={model_dim()} depth={T.DEPTH} seq={T.SEQ_LEN} batch={T.DEVICE_BATCH_SIZE} "
@@ -134,9 +134,9 @@ def speed(args: argparse.Namespace) -> dict:
                 row[f"naive_{name}_gflops"] = naive["achieved_gflops"]
                 row[f"naive_{name}_share"] = naive["share_of_peak"]
             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-                row[f"peak_{name}_gflops"] = runtime.matmul_peak_flops("cpu", dt, 1.0) / 1e9
+                row[f"peak_{name}_gflops"] = machine.matmul_flops("cpu", dt, 1.0) / 1e9
         else:
-            row["peak_gflops"] = runtime.matmul_peak_flops(device, dtype) / 1e9
+            row["peak_gflops"] = runtime.peak_flops(device, dtype, profile)[0] / 1e9
         print(f"repeat {r + 1}: " + " ".join(f"{k}={v:.1f}" for k, v in row.items()), flush=True)
         rows.append(row)
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
@@ -155,6 +155,12 @@ def speed(args: argparse.Namespace) -> dict:
             )
         for name in ("fp32", "bf16"):
             print(f"  tokens/s ratio ours / naive {name}: {med['ours_tok_s'] / med[f'naive_{name}_tok_s']:.2f}")
+        fastest = max(("fp32", "bf16"), key=lambda name: med[f"naive_{name}_tok_s"])
+        print(
+            f"  the naive step's faster dtype here: {fastest}; ours trained in {dt_name} (machine profile: "
+            f"{profile.get('dtype')}, {profile.get('origin')}); ours / naive {fastest}: "
+            f"{med['ours_tok_s'] / med[f'naive_{fastest}_tok_s']:.2f}"
+        )
     else:
         print(f"  MFU: {med['ours_gflops'] / med['peak_gflops']:.1%} of {med['peak_gflops']:.0f} GFLOP/s")
     return {"rows": rows, "medians": med, "warmup_s": ours.warmup_s, "device": device, "dtype": dt_name}

@@ -30,7 +30,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from gpt import evaluate, prepare  # noqa: E402
+from gpt import evaluate, machine, prepare  # noqa: E402
 
 BLOCK_START = "# ---- hyperparameters: the inner loop edits this block ----"
 BLOCK_END = "# ---- end of hyperparameters ----"
@@ -42,8 +42,6 @@ SUMMARY_KEYS = (
     "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
     "total_tokens_M", "num_steps", "num_params_M", "depth",
 )  # fmt: skip
-# Dense bf16 tensor-core peaks (FLOP/s) by device name, as autoresearch reports MFU; unknown GPUs are measured.
-GPU_PEAK_BF16 = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12, "L4": 121e12, "4090": 165.2e12, "5090": 209.5e12}
 
 
 class ConfigError(Exception):
@@ -71,7 +69,7 @@ class Param:
 
 def parse_block(source: str) -> list[Param]:
     """The constants block of a train.py source:
-    `NAME = literal  # kind [bounds or choices] [log] [frozen] [multiple_of NAME*NAME...]`."""
+    `NAME = literal  # kind [bounds or choices] [log] [frozen] [multiple_of NAME*NAME...] [; what it means]`."""
     lines = source.splitlines()
     try:
         start, end = lines.index(BLOCK_START), lines.index(BLOCK_END)
@@ -92,7 +90,7 @@ def parse_block(source: str) -> list[Param]:
             kind, rest = comment.split(None, 1) if " " in comment else (comment, "")
             bracket_end = rest.index("]") + 1 if rest.startswith("[") else 0
             domain = tuple(ast.literal_eval(rest[:bracket_end])) if bracket_end else ()
-            words = rest[bracket_end:].split()
+            words = rest[bracket_end:].split(";", 1)[0].split()  # after ";": the human comment
             multiple: tuple[str, ...] = ()
             if "multiple_of" in words:
                 at = words.index("multiple_of")
@@ -151,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype",
         choices=["auto", "fp32", "bf16"],
         default="auto",
-        help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 (faster on CPUs without AMX)",
+        help="auto: the faster of the two on this machine, measured once and kept (python -m gpt.machine)",
     )
     ap.add_argument("--corpus", default=prepare.DEFAULT_CORPUS)
     ap.add_argument("--vocab-size", type=int, default=prepare.DEFAULT_VOCAB_SIZE)
@@ -170,51 +168,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    """(device, compute dtype). bf16 means autocast; fp32 means none."""
+def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype, dict[str, Any]]:
+    """(device, compute dtype, machine profile). bf16 means autocast; fp32 means none. `auto` takes the dtype the
+    machine profile measured as faster (gpt/machine.py), never a guess from a CPU flag."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available to this torch build")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps: MPS is not available on this machine")
+    profile = machine.machine_profile(device) if device in ("cpu", "cuda") else {"dtype": "fp32", "peak_flops": {}}
     if dtype == "auto":
-        dtype = "bf16" if device == "cuda" or (device == "cpu" and _cpu_has_amx()) else "fp32"
-    return device, torch.bfloat16 if dtype == "bf16" else torch.float32
+        dtype = str(profile["dtype"])
+    return device, torch.bfloat16 if dtype == "bf16" else torch.float32, profile
 
 
-def matmul_peak_flops(device: str, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """The dense matmul peak MFU is measured against: spec sheet for known GPUs, else measured here, now."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        for key, peak in GPU_PEAK_BF16.items():
-            if key in name:
-                return peak
-    n = 4096 if device == "cuda" else 1024
-    x, y = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        x @ y
-    synchronize(device)
-    t, k = time.perf_counter(), 0
-    while time.perf_counter() - t < seconds:
-        x @ y
-        k += 1
-        synchronize(device)
-    return 2 * n**3 * k / (time.perf_counter() - t)
+def peak_flops(device: str, dtype: torch.dtype, profile: dict[str, Any]) -> tuple[float, str]:
+    """The dense matmul peak MFU is divided by, and where it comes from (spec sheet, the kept machine profile, or a
+    measurement now)."""
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    kept = profile.get("peak_flops", {}).get(name)
+    if kept:
+        source = profile.get("peak_source", "measured")
+        if source == "measured":
+            source = f"machine profile, measured {profile.get('measured_at', '?')} ({profile.get('origin', 'kept')})"
+        return float(kept), source
+    return machine.matmul_flops(device, dtype), "measured at start-up"
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
+synchronize = machine.synchronize
 
 
 @dataclass
@@ -226,6 +208,7 @@ class BudgetClock:
     budget_s: float
     device: str
     training_seconds: float = 0.0
+    warmup_seconds: float = 0.0  # the excluded first steps: compilation and allocator warm-up
     steps: int = 0
     counted_tokens: int = 0
     total_tokens: int = 0
@@ -244,6 +227,8 @@ class BudgetClock:
             self.training_seconds += dt
             self.counted_tokens += tokens
             self.recent = (self.recent + [dt])[-3:]
+        else:
+            self.warmup_seconds += dt
 
     @property
     def progress(self) -> float:
@@ -318,8 +303,10 @@ def summary_block(result: dict[str, Any]) -> str:
     return "---\n" + "\n".join(f"{k + ':':<18}{fmt.get(k, '{}').format(result[k])}" for k in SUMMARY_KEYS)
 
 
-def finish(run: Run, trained: Trained, peak_flops: float) -> dict[str, Any]:
-    """Evaluate with the locked evaluator, print the summary block, write the JSON."""
+def finish(run: Run, trained: Trained, peak: tuple[float, str], started: dict[str, float]) -> dict[str, Any]:
+    """Evaluate with the locked evaluator, print the summary block, write the JSON. `started` holds the wall-clock
+    times the phases began (`train`, `done`), from which the time around the budget is reported phase by phase."""
+    t_eval = time.time()
     val_bpb = evaluate.evaluate_bpb(
         trained.model,
         run.data,
@@ -329,20 +316,32 @@ def finish(run: Run, trained: Trained, peak_flops: float) -> dict[str, Any]:
         run.device,
         run.dtype if run.dtype != torch.float32 else None,
     )
-    # a CPU peak measured while other jobs load the machine reads low; the higher of two measurements is closer
-    peak_flops = max(peak_flops, matmul_peak_flops(run.device, run.dtype))
+    end = time.time()
     clock = run.clock
+    peak_value, peak_source = peak
     achieved = trained.flops_per_token * clock.counted_tokens / clock.training_seconds if clock.training_seconds else 0
+    loop = started["done"] - started["train"]
     result = {
         "val_bpb": val_bpb,
         "training_seconds": clock.training_seconds,
-        "total_seconds": time.time() - PROCESS_START,
+        "total_seconds": end - PROCESS_START,
         "peak_memory_mb": peak_memory_mb(run.device),
-        "mfu_percent": 100 * achieved / peak_flops,
+        "mfu_percent": 100 * achieved / peak_value,
         "total_tokens_M": clock.total_tokens / 1e6,
         "num_steps": clock.steps,
         "num_params_M": trained.num_params / 1e6,
         "depth": trained.depth,
+        # where the time around the budget went: start-up (interpreter, torch, data, machine profile), the excluded
+        # warm-up steps (compilation), building the model and the loop's own overhead, evaluation
+        "timing": {
+            "startup_seconds": started["train"] - PROCESS_START,
+            "warmup_seconds": clock.warmup_seconds,
+            "training_seconds": clock.training_seconds,
+            "setup_and_overhead_seconds": max(0.0, loop - clock.warmup_seconds - clock.training_seconds),
+            "eval_seconds": end - t_eval,
+        },
+        "mfu_peak_flops": peak_value,
+        "mfu_peak_source": peak_source,
         "evaluator_sha256": evaluate.evaluator_sha256(),
         "split_sha256": run.data.split_sha256,
         "hyperparameters": run.hp,
@@ -367,16 +366,19 @@ def launch(script: str, train: Callable[[Run], Trained], argv: list[str] | None 
     try:
         hp = hyperparameters(script)
         args = parse_args(argv)
-        device, dtype = pick_device(args.device, args.dtype)
-        torch.manual_seed(args.seed)
-        if device == "cpu":
+        if args.device in ("auto", "cpu"):  # before the machine profile: its key counts the threads
             torch.set_num_threads(
                 len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             )
+        device, dtype, profile = pick_device(args.device, args.dtype)
+        torch.manual_seed(args.seed)
         data = prepare.load_data(args.corpus, args.vocab_size)
-        peak = matmul_peak_flops(device, dtype)
+        peak = peak_flops(device, dtype, profile)
         run = Run(hp, args, device, dtype, data, BudgetClock(args.budget_s, device))
-        finish(run, train(run), peak)
+        started = {"train": time.time()}
+        trained = train(run)
+        started["done"] = time.time()
+        finish(run, trained, peak, started)
         return EXIT_OK
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)

@@ -109,6 +109,13 @@ def test_training_beats_baselines_and_reports_consistently(
         assert result[key] == pytest.approx(value, abs=0.051 * max(1, abs(value)) if key != "val_bpb" else 1e-6)
     assert result["budget_s"] == 4.0 and result["num_steps"] > runtime.EXCLUDED_STEPS
     assert result["total_seconds"] > result["training_seconds"]
+    timing = result["timing"]  # every phase of the time around the budget, and they add up to the total
+    assert set(timing) == {
+        "startup_seconds", "warmup_seconds", "training_seconds", "setup_and_overhead_seconds", "eval_seconds"
+    }  # fmt: skip
+    assert all(v >= 0 for v in timing.values()) and timing["warmup_seconds"] > 0 and timing["eval_seconds"] > 0
+    assert sum(timing.values()) == pytest.approx(result["total_seconds"], abs=0.5)
+    assert result["mfu_peak_flops"] > 0 and result["mfu_peak_source"]
     assert result["seed"] == 1 and result["device"] == "cpu" and result["eval_tokens"] == EVAL_TOKENS
     assert result["hyperparameters"]["DEPTH"] == 2
     # hashes match and the budget held (generous slack: other jobs on a 2-core machine can stall a 0.2 s step)
