@@ -55,7 +55,7 @@ def experiments_from(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def inner_state(events: list[dict[str, Any]], defaults: dict[str, Any], stop_at: int) -> dict[str, Any]:
     """The inner state after the recorded experiments: incumbent = the last kept, best = the lowest val_bpb of a
-    non-crash (as `decide` sets them); settings = the last applied Level 1.5 adjustment."""
+    kept experiment (as `decide` sets them); settings = the last applied Level 1.5 adjustment."""
     experiments = experiments_from(events)
     incumbent, incumbent_id = dict(defaults), None
     best, best_id = None, None
@@ -63,7 +63,7 @@ def inner_state(events: list[dict[str, Any]], defaults: dict[str, Any], stop_at:
         if record["status"] == "keep":
             incumbent, incumbent_id = dict(record["params"]), record["id"]
         bpb = record.get("val_bpb")
-        if record["status"] != "crash" and isinstance(bpb, float) and (best is None or bpb < best):
+        if record["status"] == "keep" and isinstance(bpb, float) and (best is None or bpb < best):
             best, best_id = bpb, record["id"]
     adjusted = [e["after"] for e in events if e.get("kind") == "adjust" and e.get("applied") and "after" in e]
     return {
@@ -74,8 +74,8 @@ def inner_state(events: list[dict[str, Any]], defaults: dict[str, Any], stop_at:
         "incumbent_id": incumbent_id,
         "best_bpb": best,
         "best_id": best_id,
-        "pending": None,
-        "outcome": None,
+        "batch": [],
+        "outcomes": [],
         "settings": dict(adjusted[-1]) if adjusted else dict(DEFAULT_SETTINGS),
         "mechanisms": {},
         "stop_reason": None,

@@ -113,7 +113,9 @@ def decide_one(
     bpb = record["val_bpb"]
     if status == "keep":
         updates.update(incumbent=record["params"], incumbent_id=record["id"])
-    if status != "crash" and isinstance(bpb, float) and (best is None or bpb < best):
+    if status == "keep" and isinstance(bpb, float) and (best is None or bpb < best):
+        # Only a kept result can become the best: one within the noise margin is discarded and must not move the
+        # bar the next proposal is measured against while the incumbent stays behind.
         updates.update(best_bpb=bpb, best_id=record["id"])
     ctx.ledger.event("experiment", event_id=f"{record['id']}:decide", **record)
     _progress_line(ctx, record, updates.get("best_bpb", best))

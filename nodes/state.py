@@ -31,7 +31,7 @@ class InnerState(TypedDict, total=False):
     experiments: list[dict[str, Any]]  # every experiment record, oldest first, across segments
     incumbent: dict[str, Any]  # hyperparameters of the best configuration so far
     incumbent_id: str | None  # experiment whose train.py is the best so far (code mode edits start from it)
-    best_bpb: float | None  # the lowest val_bpb of any experiment so far
+    best_bpb: float | None  # the lowest val_bpb of a kept experiment (not one discarded within the noise margin)
     best_id: str | None  # the experiment that reached it (equal to incumbent_id unless a decide mechanism
     #                      accepted a worse result, as simulated annealing does)
     batch: list[dict[str, Any]]  # the proposals being trained (one, or k when trials run in parallel), by id
