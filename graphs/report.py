@@ -206,12 +206,46 @@ def write_report(run_dir: Path) -> Path:
             "- rejected answers by reason: "
             + (", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"),
         ]
+    lines += time_split_lines(experiments)
     lines += ["", "## LLM use by level", "", "| level | calls | tokens |", "|---|---|---|"]
     for level in sorted({k[0] for k in llm}):
         lines.append(f"| {level} | {llm[(level, 'calls')]} | {llm[(level, 'tokens')]} |")
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+TIME_PHASES = (
+    ("startup_seconds", "start-up (interpreter, torch, data)"),
+    ("warmup_seconds", "warm-up steps (compilation)"),
+    ("training_seconds", "training (the budget)"),
+    ("setup_and_overhead_seconds", "model set-up and loop overhead"),
+    ("eval_seconds", "evaluation"),
+)
+
+
+def time_split_lines(experiments: list[dict[str, Any]]) -> list[str]:
+    """Where each training's wall time went, phase by phase (medians over the trainings that report it), and the
+    fixed cost around the budget as a share of it."""
+    timed = [e for e in experiments if isinstance(e.get("timing"), dict)]
+    if not timed:
+        return []
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2] if values else math.nan
+
+    lines = ["", f"## Where a training's time went (medians over {len(timed)} trainings)", ""]
+    lines += ["| phase | seconds |", "|---|---|"]
+    for key, label in TIME_PHASES:
+        lines.append(f"| {label} | {median([float(e['timing'].get(key) or 0.0) for e in timed]):.2f} |")
+    walls = [float(e["seconds"]) for e in timed if isinstance(e.get("seconds"), int | float)]
+    trained = median([float(e["timing"].get("training_seconds") or 0.0) for e in timed])
+    if walls and trained > 0:
+        fixed = median(walls) - trained
+        lines.append(f"| wall time as the executor saw it | {median(walls):.2f} |")
+        lines += ["", f"Fixed cost per trial (wall − training): {fixed:.2f} s, {fixed / trained:.0%} of the training."]
+    return lines
 
 
 def main_report(argv: list[str]) -> int:

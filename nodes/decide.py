@@ -38,6 +38,7 @@ def experiment_record(item: dict[str, Any], outcome: dict[str, Any], status: str
         "val_bpb": result.get("val_bpb"),
         "peak_memory_mb": result.get("peak_memory_mb"),
         "training_seconds": result.get("training_seconds"),
+        "timing": result.get("timing"),  # the phases of the trial's wall time (start-up, warm-up, evaluation, ...)
         "num_steps": result.get("num_steps"),
         "split_sha256": result.get("split_sha256"),
         "seconds": outcome.get("wall_seconds"),
