@@ -4,7 +4,10 @@ How the files travel (no shared filesystem is needed):
 - driver -> worker: the candidate train.py is read from the experiment folder and sent as a task argument (a few
   tens of kB, inlined in the task spec); the `TrainerSettings` go with it.
 - worker: the task writes train.py into a fresh temporary folder of its node and runs it exactly like
-  `LocalExecutor` does (same command line, same hard timeout on the whole process group, same `read_outcome`).
+  `LocalExecutor` does, through the same launcher (`nodes.trainer.run_training`): same command line, same
+  allowlisted environment, same memory limit, the same OS sandbox for a code-mode train.py, same hard timeout on
+  the whole process group, same `read_outcome`. A worker without bubblewrap records a code-mode trial as a crash
+  that names the package.
 - worker -> driver: the task returns the outcome, the text of log.txt and the text of result.json as its return value
   (through Ray's object store); the driver writes log.txt and result.json into the experiment folder.
 - the repository's code reaches the workers through the job's `runtime_env={"working_dir": <repository root>}`:
@@ -15,7 +18,8 @@ How the files travel (no shared filesystem is needed):
 Faults:
 - a worker process (or its node) that dies mid-trial: Ray runs the task again (`max_retries`, default 1); when the
   retry dies too the trial is recorded as a crash with Ray's error. The trial's child process is bound to the worker
-  (PR_SET_PDEATHSIG on Linux), so a killed worker leaves no orphaned training run competing with the retry.
+  (PR_SET_PDEATHSIG on Linux, see `spawn_tied`), so a killed worker leaves no orphaned training competing with the
+  retry.
 - the driver dies: Ray kills the job's workers (and with them their trials). Each trial that finished is landed on
   the driver the moment it returns: log.txt, result.json and `executor_outcome.json` (the outcome with the sha256 of
   the train.py and settings it ran with). After `resume` the train node asks again for the trials of the interrupted
@@ -27,20 +31,13 @@ Faults:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,14 +45,11 @@ import ray
 from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError
 
 from nodes.ledger import write_atomic, write_json_atomic
-from nodes.trainer import REPO_ROOT, TrainerSettings, Trial, read_outcome
+from nodes.trainer import REPO_ROOT, TrainerSettings, Trial, run_training
 
 NAMESPACE = "bilevel-autoresearch"
 # Never shipped to the workers (on top of what .gitignore already leaves out).
 RUNTIME_ENV_EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"]
-PR_SET_PDEATHSIG = 1
-# loaded here, not in the forked child (no dynamic loading between fork and exec in a multi-threaded worker)
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 LANDED = "executor_outcome.json"  # in the experiment folder: a finished trial, kept across a lost driver
 
 
@@ -65,47 +59,16 @@ def trial_key(source: str, settings: TrainerSettings) -> str:
     return hashlib.sha256(f"{source}\0{settings_text}".encode()).hexdigest()
 
 
-def _bind_to_parent(parent_pid: int) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets SIGKILL when the process that started it dies (Linux; elsewhere a no-op)."""
-
-    def preexec() -> None:
-        if _LIBC is not None:
-            _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-            if os.getppid() != parent_pid:  # the parent died before the binding took effect
-                os._exit(1)
-
-    return preexec
-
-
 def run_trial_here(experiment_id: str, source: str, settings: TrainerSettings) -> dict[str, Any]:
     """Run one candidate train.py in a temporary folder of this machine; return the outcome and the files' text.
 
-    This is the body of the Ray task. It mirrors `LocalExecutor.run`, plus the binding of the child to this process.
+    This is the body of the Ray task: the same launcher as `LocalExecutor.run`.
     """
     with tempfile.TemporaryDirectory(prefix=f"{experiment_id}-") as tmp:
         folder = Path(tmp)
-        train_py, result_json, log = folder / "train.py", folder / "result.json", folder / "log.txt"
-        train_py.write_text(source)
-        env = {**os.environ, **settings.extra_env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-        start = time.monotonic()
-        with open(log, "w", encoding="utf-8") as out:
-            proc = subprocess.Popen(
-                settings.command(train_py, result_json),
-                cwd=folder,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_bind_to_parent(os.getpid()),
-            )
-            try:
-                code = proc.wait(timeout=settings.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                code, timed_out = proc.wait(), True
-        outcome = read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+        (folder / "train.py").write_text(source)
+        outcome = run_training(settings, folder)
+        log, result_json = folder / "log.txt", folder / "result.json"
         return {
             "outcome": {**outcome, "host": socket.gethostname()},
             "log": log.read_text(errors="replace") if log.exists() else "",

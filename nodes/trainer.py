@@ -3,16 +3,19 @@
 The executor is what the `train` node hands a trial to. `LocalExecutor` runs it on this machine; another executor
 (Ray) only has to implement `run(trial) -> dict` with the same result shape.
 
-A code-mode train.py is LLM-written code, so the child gets the parent's environment without its secrets (API keys,
-tokens, passwords), an optional address-space limit, its own process group (a timeout, an error or Ctrl-C in the
-parent kills the whole group) and, on Linux, death with the parent even after a kill -9.
+Every training child gets an environment built from an allowlist (`mechanisms.jail.PASSED_ENV`: locale,
+accelerators, thread counts, the project's cache; never an API key, whatever its name), the same optional
+address-space limit, its own process group (a timeout, an error or Ctrl-C in the parent kills the whole group) and,
+on Linux, death with the parent even after a kill -9. A code-mode train.py is LLM-written code: it runs inside the
+OS sandbox (`TrainerSettings.sandbox`; `mechanisms/jail.py`), which sees the system, Python, `gpt/` and the prepared
+data read-only, and can write only its own experiment folder, a private /tmp and the sandboxed trainings' compiler
+cache. `start_training` is the one launcher both executors (local and Ray) use.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -24,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpt.prepare import cache_root
+from mechanisms import jail
 from nodes.local_server import spawn_tied
 from nodes.machine_load import other_share, snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_MEANINGS = {2: "invalid configuration", 3: "diverged (NaN or exploding loss)"}
-# Environment variables the training child never sees: whatever names a key, token, secret, password or credential.
-SECRET_ENV = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)($|_)", re.IGNORECASE)
 OOM_MARKERS = ("MemoryError", "can't allocate memory", "out of memory", "OutOfMemoryError")
 MAX_RESULT_BYTES = 1 << 20  # a result file larger than this is not a trainer's summary
 LOG_TAIL_BYTES = 64 << 10
@@ -51,6 +54,7 @@ class TrainerSettings:
     # RLIMIT_AS of the training process (None: no limit). CPU runs only: CUDA reserves far more address space than
     # it uses, so on a GPU bound memory with the device's own limits instead.
     memory_limit_bytes: int | None = None
+    sandbox: bool = False  # run train.py inside the OS sandbox (code mode: the file is LLM-written)
 
     @property
     def timeout_s(self) -> float:
@@ -121,16 +125,89 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 def trainer_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The training child's environment: the parent's without its secrets, then `extra`, then the repository path."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not SECRET_ENV.search(k)}
-    return {**env, **extra, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    """The environment of a training outside the sandbox: the allowlisted variables of `base` (default: this
+    process's; `mechanisms.jail.PASSED_ENV`, plus PATH, HOME and the like), then `extra`, then the repository path."""
+    return {**jail.passed_env(base, host=True), **extra, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def compile_cache() -> Path:
+    """torch.compile's cache for sandboxed trainings only: kept across trainings (a cold compile costs seconds each
+    time) and written by no trusted process (a candidate can leave a poisoned kernel there for another candidate
+    only, never for a parameter-mode training)."""
+    return cache_root() / "sandbox-compile"
+
+
+def sandboxed_env(settings: TrainerSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    cache = compile_cache()
+    own = {
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "BILEVEL_CACHE": str(cache_root()),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+    return jail.sandbox_env({**own, **settings.extra_env}, base)
+
+
+def training_jail(settings: TrainerSettings, folder: Path) -> tuple[jail.Jail, jail.Rlimits]:
+    """What a sandboxed training sees: the system, Python, `gpt/` and the prepared data read-only; its experiment
+    folder, the compile cache and a private /tmp writable; the accelerators when it trains on one."""
+    cache = compile_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    devices = () if settings.device == "cpu" else tuple(sorted(str(p) for p in Path("/dev").glob("nvidia*")))
+    box = jail.Jail(
+        read_only=(str(REPO_ROOT / "gpt"), str(cache_root() / "data")),
+        writable=(str(folder), str(cache)),
+        env=sandboxed_env(settings),
+        cwd=str(folder),
+        tmp_bytes=1 << 30,
+        devices=devices,
+        processes=True,  # torch.compile starts compiler workers
+    )
+    cpu = int(settings.timeout_s * (os.cpu_count() or 1)) + 60
+    limits = jail.Rlimits(cpu, settings.memory_limit_bytes, 1 << 30, 4096, 4096)
+    return box, limits
+
+
+def start_training(settings: TrainerSettings, folder: Path, result_json: Path, log: Any) -> jail.Jailed:
+    """Start `folder/train.py` (its output to `log`) as the local and the Ray executor both do: in its own session,
+    tied to this process, with the allowlisted environment and the memory limit; inside the OS sandbox when
+    `settings.sandbox`. Raises `jail.SandboxUnavailable` when that sandbox cannot start."""
+    command = settings.command(folder / "train.py", result_json)
+    if settings.sandbox and not jail.unsafe():
+        reason = jail.unavailable()
+        if reason is not None:
+            raise jail.SandboxUnavailable(f"a code-mode training runs only inside the OS sandbox: {reason}")
+        box, limits = training_jail(settings, folder)
+        return jail.spawn(command, box, limits, spawner=spawn_tied, stdout=log, stderr=subprocess.STDOUT)
+    env = trainer_env(settings.extra_env)
+    proc = spawn_tied(command, preexec=settings.limits(), cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return jail.Jailed(proc, None)
+
+
+def run_training(settings: TrainerSettings, folder: Path) -> dict[str, Any]:
+    """Train `folder/train.py` into `folder/result.json` and `folder/log.txt`; the outcome (see `read_outcome`).
+    A timeout, an error or Ctrl-C here kills the whole training (every process of its sandbox)."""
+    result_json, log = folder / "result.json", folder / "log.txt"
+    result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
+    start = time.monotonic()
+    with open(log, "w", encoding="utf-8") as out:
+        try:
+            child = start_training(settings, folder, result_json, out)
+        except jail.SandboxUnavailable as e:
+            out.write(f"{e}\n")
+            return {"ok": False, "returncode": None, "wall_seconds": 0.0, "error": str(e), "log_tail": str(e)}
+        try:
+            code = child.popen.wait(timeout=settings.timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code, timed_out = child.popen.returncode, True
+        except BaseException:  # Ctrl-C or an error in this process: leave no training process behind
+            child.kill()
+            raise
+    return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
 
 
 class LocalExecutor:
@@ -147,29 +224,8 @@ class LocalExecutor:
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         folder = trial.folder.resolve()  # the child runs in the folder: its paths must not be relative
-        train_py, result_json, log = folder / "train.py", folder / "result.json", folder / "log.txt"
-        result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
-        start, before = time.monotonic(), snapshot() if self.parallel == 1 else None
-        with open(log, "w", encoding="utf-8") as out:
-            proc = spawn_tied(
-                settings.command(train_py, result_json),
-                preexec=settings.limits(),
-                cwd=folder,
-                env=trainer_env(settings.extra_env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                code = proc.wait(timeout=settings.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                code, timed_out = proc.wait(), True
-            except BaseException:  # Ctrl-C or an error in this process: leave no training process behind
-                _kill_group(proc)
-                proc.wait()
-                raise
-        outcome = read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+        before = snapshot() if self.parallel == 1 else None
+        outcome = run_training(settings, folder)
         share = other_share(before, snapshot()) if before is not None else None
         return outcome if share is None else {**outcome, "other_cpu_share": share}
 

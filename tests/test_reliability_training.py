@@ -158,15 +158,18 @@ def test_every_training_fault_is_a_crash_or_a_refusal_and_the_loop_goes_on(
     assert big >= 5_000_000 and len(experiments[14]["error"]) < 200  # a huge log is read by its tail only
 
 
-def test_the_training_environment_has_no_secrets() -> None:
+def test_the_training_environment_is_an_allowlist() -> None:
+    """Only named variables pass (locale, accelerators, thread counts, the cache, where programs are): a secret
+    passes under no name, whether or not the name looks secret."""
     base = {
         "PATH": "/bin", "OPENAI_API_KEY": "k", "BILEVEL_LLM_API_KEY": "k", "HF_TOKEN": "t", "GITHUB_TOKEN": "t",
         "AWS_SECRET_ACCESS_KEY": "s", "DB_PASSWORD": "p", "GOOGLE_APPLICATION_CREDENTIALS": "c", "SSH_AUTH_SOCK": "a",
         "TOKENIZERS_PARALLELISM": "false", "BILEVEL_CACHE": "/c", "CUDA_VISIBLE_DEVICES": "0", "KEYBOARD": "us",
+        "DEEPSEEK": "sk-unlabelled", "MY_SERVICE_URL": "https://user:pw@host", "HOME": "/home/u",
     }  # fmt: skip
     env = trainer_env({"HF_TOKEN": "given on purpose"}, base)
     assert set(env) == {
-        "PATH", "TOKENIZERS_PARALLELISM", "BILEVEL_CACHE", "CUDA_VISIBLE_DEVICES", "KEYBOARD", "HF_TOKEN",
+        "PATH", "HOME", "TOKENIZERS_PARALLELISM", "BILEVEL_CACHE", "CUDA_VISIBLE_DEVICES", "HF_TOKEN",
         "PYTHONPATH", "PYTHONUNBUFFERED",
     }  # fmt: skip
     assert env["HF_TOKEN"] == "given on purpose"  # extra_env is passed as given
