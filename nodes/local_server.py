@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from mechanisms.jail import passed_env
 from nodes.structured import LLMFatalError
 
 MODEL_ALIAS = "smollm2"
@@ -216,8 +217,9 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return spawn_tied(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as log:  # the allowlisted environment: the server needs no key of the driver's
+        env = passed_env(host=True)
+        return spawn_tied(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def spawn_tied(
