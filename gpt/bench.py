@@ -7,7 +7,8 @@ Speed: our step (model, optimizers and compile setting of gpt/train.py, gradient
 reference script /work/shared/bench/naive_gpt_step.py (run as a subprocess with the same vocab/dim/depth/seq/batch),
 alternating, `--repeats` times; medians. Achieved FLOP/s use the reference's formula, 6 * non-embedding params * tokens
 + 6 * L * D * T^2 * B for causal attention, against dense matmul peaks measured in this process (fp32 and bf16).
-On CUDA only our step runs (the reference is CPU-only) and MFU is against the GPU's bf16 spec peak.
+On CUDA the reference runs unchanged with its tensors and autocast redirected to the GPU (bf16), and MFU is against
+the GPU's bf16 spec peak.
 """
 
 from __future__ import annotations
@@ -82,28 +83,22 @@ class OurStep:
         return (time.perf_counter() - t) / n
 
 
-def run_naive(vocab: int, dtype: str, seconds: float) -> dict[str, float]:
+# The reference script is written for the CPU. On a GPU it runs unchanged with tensors created on CUDA by default and
+# its CPU autocast redirected to CUDA: the same model, shape, optimizer and dtype, timed by its own loop.
+CUDA_REDIRECT = (
+    "import runpy, sys, torch; torch.set_default_device('cuda'); _autocast = torch.autocast; "
+    "torch.autocast = lambda device_type, *a, **k: _autocast('cuda', *a, **k); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def run_naive(vocab: int, dtype: str, seconds: float, device: str = "cpu") -> dict[str, float]:
     if not NAIVE.is_file():
         raise SystemExit(f"bench: reference script not found at {NAIVE} (set GPT_NAIVE_BENCH to its path)")
-    cmd = [
-        sys.executable,
-        str(NAIVE),
-        "--vocab",
-        str(vocab),
-        "--dim",
-        str(model_dim()),
-        "--depth",
-        str(T.DEPTH),
-        "--seq",
-        str(T.SEQ_LEN),
-        "--batch",
-        str(T.DEVICE_BATCH_SIZE),
-        "--dtype",
-        dtype,
-        "--seconds",
-        str(seconds),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    shape = ["--vocab", str(vocab), "--dim", str(model_dim()), "--depth", str(T.DEPTH), "--seq", str(T.SEQ_LEN)]
+    shape += ["--batch", str(T.DEVICE_BATCH_SIZE), "--dtype", dtype, "--seconds", str(seconds)]
+    launcher = [sys.executable, "-c", CUDA_REDIRECT] if device == "cuda" else [sys.executable]
+    out = subprocess.run([*launcher, str(NAIVE), *shape], capture_output=True, text=True, check=True).stdout
     return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", out.splitlines()[-1])}
 
 
@@ -121,48 +116,52 @@ def speed(args: argparse.Namespace) -> dict:
     ours = OurStep(args.vocab, device, dtype)
     print(f"our warm-up (3 steps, compile included): {ours.warmup_s:.1f} s", flush=True)
     flops = step_flops(ours.model)
+    naive_dtypes = ("fp32", "bf16") if device == "cpu" else (dt_name,)
+    peak = runtime.peak_flops(device, dtype, profile)
     rows: list[dict[str, float]] = []
     for r in range(args.repeats):
         row: dict[str, float] = {}
         sec = ours.seconds_per_step(args.seconds)
         row["ours_tok_s"] = T.TOTAL_BATCH_TOKENS / sec
         row["ours_gflops"] = flops / sec / 1e9
+        for name in naive_dtypes:
+            naive = run_naive(args.vocab, name, args.seconds, device)
+            row[f"naive_{name}_tok_s"] = naive["tokens_per_s"]
+            row[f"naive_{name}_gflops"] = naive["achieved_gflops"]
+            row[f"naive_{name}_share"] = naive["share_of_peak"]
         if device == "cpu":
-            for name in ("fp32", "bf16"):
-                naive = run_naive(args.vocab, name, args.seconds)
-                row[f"naive_{name}_tok_s"] = naive["tokens_per_s"]
-                row[f"naive_{name}_gflops"] = naive["achieved_gflops"]
-                row[f"naive_{name}_share"] = naive["share_of_peak"]
             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 row[f"peak_{name}_gflops"] = machine.matmul_flops("cpu", dt, 1.0) / 1e9
         else:
-            row["peak_gflops"] = runtime.peak_flops(device, dtype, profile)[0] / 1e9
+            row["peak_gflops"] = peak[0] / 1e9
         print(f"repeat {r + 1}: " + " ".join(f"{k}={v:.1f}" for k, v in row.items()), flush=True)
         rows.append(row)
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     print("\nmedians over", args.repeats, "repeats:")
     print(f"  ours ({dt_name}): {med['ours_tok_s']:.0f} tokens/s, {med['ours_gflops']:.1f} GFLOP/s")
+    for name in naive_dtypes:
+        print(
+            f"  naive_gpt_step.py ({name}): {med[f'naive_{name}_tok_s']:.0f} tokens/s, "
+            f"{med[f'naive_{name}_gflops']:.1f} GFLOP/s, {med[f'naive_{name}_share']:.0%} of its {name} peak"
+        )
     if device == "cpu":
-        for name in ("fp32", "bf16"):
-            print(
-                f"  naive_gpt_step.py ({name}): {med[f'naive_{name}_tok_s']:.0f} tokens/s, "
-                f"{med[f'naive_{name}_gflops']:.1f} GFLOP/s, {med[f'naive_{name}_share']:.0%} of its {name} peak"
-            )
         for name in ("fp32", "bf16"):
             print(
                 f"  matmul peak {name}: {med[f'peak_{name}_gflops']:.1f} GFLOP/s; ours = "
                 f"{med['ours_gflops'] / med[f'peak_{name}_gflops']:.0%} of it"
             )
-        for name in ("fp32", "bf16"):
-            print(f"  tokens/s ratio ours / naive {name}: {med['ours_tok_s'] / med[f'naive_{name}_tok_s']:.2f}")
-        fastest = max(("fp32", "bf16"), key=lambda name: med[f"naive_{name}_tok_s"])
-        print(
-            f"  the naive step's faster dtype here: {fastest}; ours trained in {dt_name} (machine profile: "
-            f"{profile.get('dtype')}, {profile.get('origin')}); ours / naive {fastest}: "
-            f"{med['ours_tok_s'] / med[f'naive_{fastest}_tok_s']:.2f}"
-        )
     else:
-        print(f"  MFU: {med['ours_gflops'] / med['peak_gflops']:.1%} of {med['peak_gflops']:.0f} GFLOP/s")
+        mfu = {who: med[f"{who}_gflops"] / med["peak_gflops"] for who in ("ours", f"naive_{dt_name}")}
+        print(f"  MFU against {med['peak_gflops']:.0f} GFLOP/s ({peak[1]}): ours {mfu['ours']:.1%}, naive "
+              f"{mfu[f'naive_{dt_name}']:.1%}")  # fmt: skip
+    for name in naive_dtypes:
+        print(f"  tokens/s ratio ours / naive {name}: {med['ours_tok_s'] / med[f'naive_{name}_tok_s']:.2f}")
+    fastest = max(naive_dtypes, key=lambda name: med[f"naive_{name}_tok_s"])
+    print(
+        f"  the naive step's faster dtype here: {fastest}; ours trained in {dt_name} (machine profile: "
+        f"{profile.get('dtype')}, {profile.get('origin')}); ours / naive {fastest}: "
+        f"{med['ours_tok_s'] / med[f'naive_{fastest}_tok_s']:.2f}"
+    )
     return {"rows": rows, "medians": med, "warmup_s": ours.warmup_s, "device": device, "dtype": dt_name}
 
 

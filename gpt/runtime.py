@@ -340,6 +340,7 @@ def finish(run: Run, trained: Trained, peak: tuple[float, str], started: dict[st
             "setup_and_overhead_seconds": max(0.0, loop - clock.warmup_seconds - clock.training_seconds),
             "eval_seconds": end - t_eval,
         },
+        "tokens_per_s": clock.counted_tokens / clock.training_seconds if clock.training_seconds else 0.0,
         "mfu_peak_flops": peak_value,
         "mfu_peak_source": peak_source,
         "evaluator_sha256": evaluate.evaluator_sha256(),

@@ -115,7 +115,7 @@ def test_training_beats_baselines_and_reports_consistently(
     }  # fmt: skip
     assert all(v >= 0 for v in timing.values()) and timing["warmup_seconds"] > 0 and timing["eval_seconds"] > 0
     assert sum(timing.values()) == pytest.approx(result["total_seconds"], abs=0.5)
-    assert result["mfu_peak_flops"] > 0 and result["mfu_peak_source"]
+    assert result["mfu_peak_flops"] > 0 and result["mfu_peak_source"] and result["tokens_per_s"] > 0
     assert result["seed"] == 1 and result["device"] == "cpu" and result["eval_tokens"] == EVAL_TOKENS
     assert result["hyperparameters"]["DEPTH"] == 2
     # hashes match and the budget held (generous slack: other jobs on a 2-core machine can stall a 0.2 s step)
