@@ -1,0 +1,290 @@
+"""One run folder read back for the dashboard: settings, experiments (decided and in flight), segments, mechanisms,
+the running best. Whatever is missing or torn becomes a note on the page, never an exception."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dashboard.folders import Folder, Refused, Served, Unreadable
+from dashboard.trace import Trace, read_trace
+
+SOURCES = ("baseline", "llm", "fallback", "mechanism")  # where a proposal came from (the experiment record says)
+INNER_STEPS = {"propose": "propose", "train_start": "train", "train_end": "train", "evaluate": "evaluate"}
+INNER_STEPS |= {"experiment": "decide"}
+OUTER_STEPS = {"segment_start": "run_inner", "segment_end": "run_inner", "compare": "compare", "adjust": "adjust"}
+OUTER_STEPS |= {"analyze": "analyze", "generate": "generate", "validate": "validate", "inject": "inject"}
+WATCHED = ("run.json", "trace.jsonl", "results.tsv", "summary.json", "experiments", "mechanisms")
+
+
+@dataclass
+class RunData:
+    folder: Folder
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+    trace: Trace
+    experiments: list[dict[str, Any]]
+    pending: list[dict[str, Any]]
+    segments: list[dict[str, Any]]
+    mechanisms: dict[str, dict[str, Any]]
+    active: str | None
+    finished: bool
+    last_event: float | None
+    inner_step: str | None
+    outer_step: str | None
+    noise: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.folder.key
+
+    @property
+    def baseline(self) -> float | None:
+        return bpb(self.experiments[0]) if self.experiments else None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        scored = [e for e in self.experiments if e.get("status") != "crash" and bpb(e) is not None]
+        return min(scored, key=lambda e: bpb(e) or math.inf) if scored else None
+
+    @property
+    def planned(self) -> int | None:
+        iterations = self.config.get("iterations")
+        return int(iterations) + 1 if isinstance(iterations, int) else None
+
+    def counts(self) -> dict[str, int]:
+        out = {"keep": 0, "discard": 0, "crash": 0}
+        for e in self.experiments:
+            out[str(e.get("status"))] = out.get(str(e.get("status")), 0) + 1
+        return out
+
+
+def bpb(record: dict[str, Any]) -> float | None:
+    value = record.get("val_bpb")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def running_best(records: list[dict[str, Any]]) -> list[float | None]:
+    best: float | None = None
+    out: list[float | None] = []
+    for e in records:
+        value = bpb(e)
+        if e.get("status") != "crash" and value is not None:
+            best = value if best is None else min(best, value)
+        out.append(best)
+    return out
+
+
+def read_json_note(folder: Folder, name: str, notes: list[str], *, required: bool) -> Any:
+    try:
+        return folder.read_json(name)
+    except FileNotFoundError:
+        if required:
+            notes.append(f"{name} is missing")
+    except (Unreadable, Refused, OSError) as e:
+        notes.append(str(e))
+    return None
+
+
+def decided(trace: Trace) -> list[dict[str, Any]]:
+    by_id: dict[str, dict[str, Any]] = {}
+    for e in trace.of("experiment"):
+        if isinstance(e.get("id"), str):
+            by_id.setdefault(e["id"], e)
+    return sorted(by_id.values(), key=lambda e: (e.get("iteration", 0), e["id"]))
+
+
+def in_flight(trace: Trace, done: set[str]) -> list[dict[str, Any]]:
+    """Experiments proposed but not decided yet, with the last step they reached."""
+    pending: dict[str, dict[str, Any]] = {}
+    for e in trace.events:
+        eid = e.get("experiment")
+        if not isinstance(eid, str) or eid in done:
+            continue
+        if e.get("kind") == "propose":
+            pending[eid] = {**e, "id": eid, "status": "proposed"}
+        elif eid in pending and e.get("kind") in ("train_start", "train_end", "evaluate"):
+            pending[eid]["status"] = {"train_start": "training", "train_end": "trained"}.get(e["kind"], "evaluated")
+    return list(pending.values())
+
+
+def segments_of(trace: Trace) -> list[dict[str, Any]]:
+    """Segments in order: start and end events merged by cycle; an open one (no end yet) has `open` set."""
+    by_cycle: dict[Any, dict[str, Any]] = {}
+    for e in trace.events:
+        if e.get("kind") == "segment_start":
+            by_cycle.setdefault(e.get("cycle"), {"cycle": e.get("cycle"), "open": True, **_segment_fields(e)})
+        elif e.get("kind") == "segment_end":
+            segment = by_cycle.setdefault(e.get("cycle", e.get("index")), {"cycle": e.get("cycle", e.get("index"))})
+            segment.update({**_segment_fields(e), "open": False})
+    return list(by_cycle.values())
+
+
+def _segment_fields(e: dict[str, Any]) -> dict[str, Any]:
+    keys = ("first", "last", "mechanism", "progress", "best_before", "best_after", "kept", "crashes")
+    return {k: e[k] for k in keys if k in e}
+
+
+def segment_span(segment: dict[str, Any], open_end: int) -> tuple[int, int] | None:
+    """(first, end) experiments of a segment, end exclusive; an open segment runs to `open_end`."""
+    first, last = segment.get("first"), segment.get("last")
+    if not isinstance(first, int):
+        return None
+    return first, max(first, last if isinstance(last, int) else open_end)
+
+
+def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Per mechanism: calls, failures, LLM asks, iterations, segments, the outer decisions about it; and the one
+    that is active now (the last segment's, or the one injected since)."""
+    use: dict[str, dict[str, Any]] = {}
+
+    def entry(mid: str) -> dict[str, Any]:
+        return use.setdefault(
+            mid,
+            {
+                "id": mid,
+                "calls": 0,
+                "failed": 0,
+                "llm_asks": 0,
+                "changed": 0,
+                "seconds": 0.0,
+                "origin": "",
+                "iterations": [],
+                "segments": [],
+                "decisions": [],
+                "verdict": "start",
+            },
+        )
+
+    active: str | None = None
+    replaced: dict[str, str] = {}
+    for e in trace.events:
+        kind, mid = e.get("kind"), e.get("mechanism")
+        if not isinstance(mid, str) or mid == "baseline":
+            continue
+        if kind == "mechanism_call":
+            u = entry(mid)
+            u["calls"] += 1
+            u["failed"] += not e.get("ok", False)
+            u["llm_asks"] += int(e.get("llm_asks") or 0)
+            u["changed"] += bool(e.get("changed_llm_proposal"))
+            u["seconds"] += float(e.get("seconds") or 0.0)
+            u["origin"] = e.get("origin") or u["origin"]
+            if e.get("iteration") is not None and e["iteration"] not in u["iterations"]:
+                u["iterations"].append(e["iteration"])
+        elif kind == "segment_start":
+            active = mid
+            entry(mid)
+        elif kind == "inject":
+            u = entry(mid)
+            u["origin"] = e.get("origin") or u["origin"]
+            u["decisions"].append(e)
+            u["verdict"] = "on trial" if e.get("injected") else "refused"
+            if e.get("injected"):
+                replaced[mid] = str(e.get("replaces") or "")
+                active = mid
+        elif kind == "compare":
+            u = entry(mid)
+            u["decisions"].append(e)
+            u["verdict"] = "kept" if e.get("event") == "kept" else "rolled back"
+            if e.get("event") != "kept" and replaced.get(mid):
+                active = replaced[mid]
+        elif kind in ("validate", "generate"):
+            entry(mid)["decisions"].append(e)
+    for s in segments:
+        if isinstance(s.get("mechanism"), str):
+            entry(s["mechanism"])["segments"].append(s.get("cycle"))
+    return use, active
+
+
+def last_step(trace: Trace, steps: dict[str, str]) -> str | None:
+    for e in reversed(trace.events):
+        if e.get("kind") in steps:
+            return steps[e["kind"]]
+    return None
+
+
+def is_finished(trace: Trace) -> bool:
+    kinds = [e.get("kind") for e in trace.events if e.get("kind") in ("run_start", "run_end")]
+    return bool(kinds) and kinds[-1] == "run_end"
+
+
+def load_run(served: Served, folder: Folder) -> RunData:
+    notes: list[str] = []
+    config = read_json_note(folder, "run.json", notes, required=True) or {}
+    summary = read_json_note(folder, "summary.json", notes, required=False)
+    trace = read_trace(folder)
+    if trace.missing:
+        notes.append("trace.jsonl is missing: no experiment has been recorded yet")
+    if trace.skipped:
+        notes.append(f"trace.jsonl: {trace.skipped} line(s) not valid JSON were skipped (a write in progress or torn)")
+    experiments = decided(trace)
+    segments = segments_of(trace)
+    mechanisms, active = mechanism_use(trace, segments)
+    times = [float(e["time"]) for e in trace.events if isinstance(e.get("time"), int | float)]
+    return RunData(
+        folder=folder,
+        config=config if isinstance(config, dict) else {},
+        summary=summary if isinstance(summary, dict) else None,
+        trace=trace,
+        experiments=experiments,
+        pending=in_flight(trace, {e["id"] for e in experiments}),
+        segments=segments,
+        mechanisms=mechanisms,
+        active=active,
+        finished=is_finished(trace),
+        last_event=max(times) if times else None,
+        inner_step=last_step(trace, INNER_STEPS),
+        outer_step=last_step(trace, OUTER_STEPS),
+        noise=ablation_noise(served, folder),
+        notes=notes,
+    )
+
+
+def ablation_noise(served: Served, folder: Folder) -> dict[str, Any] | None:
+    """The noise floor of the ablation this run belongs to (`<ablation>/runs/<run>`), when that is served too."""
+    parts = folder.key.split("/")
+    if len(parts) < 3 or parts[-2] != "runs":
+        return None
+    try:
+        ablation = served.folder("/".join(parts[:-2]))
+    except (Refused, FileNotFoundError):
+        return None
+    return noise_floor(ablation) if ablation.is_file("ablation.json") else None
+
+
+def noise_floor(ablation: Folder) -> dict[str, Any] | None:
+    """The baseline configuration re-trained with other seeds (`noise/nNN/outcome.json`): mean, sd, n."""
+    values: list[float] = []
+    crashes = 0
+    for name in ablation.names("noise"):
+        try:
+            outcome = ablation.read_json("noise", name, "outcome.json")
+        except (FileNotFoundError, Unreadable, Refused, OSError):
+            continue
+        value = (outcome.get("result") or {}).get("val_bpb") if isinstance(outcome, dict) else None
+        if isinstance(outcome, dict) and outcome.get("ok") and isinstance(value, int | float) and math.isfinite(value):
+            values.append(float(value))
+        else:
+            crashes += 1
+    if not values:
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"n": len(values), "crashes": crashes, "mean": statistics.fmean(values), "sd": sd, "values": values}
+
+
+def age(run: RunData) -> str:
+    if run.last_event is None:
+        return "no events"
+    seconds = max(0.0, time.time() - run.last_event)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(run.last_event))
