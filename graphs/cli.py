@@ -71,6 +71,12 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument("--max-llm-tokens", type=int)
     ap.add_argument("--noise-margin", type=float, default=0.0, help="a keep must beat the best by more than this")
     ap.add_argument("--time-limit-s", type=float, help="no new experiment starts after this many seconds")
+    ap.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="UNSAFE: run LLM-written code (generated mechanisms, --mode code) without the OS sandbox (bubblewrap); "
+        "recorded in run.json and the report",
+    )
     if bilevel:
         ap.add_argument("--level", choices=["1", "1.5", "2", "1+2"], default="2")
         ap.add_argument("--group", choices=["A", "B", "C", "D"], help="the paper's groups: A=1, B=1.5, C=2, D=1+2")
@@ -125,6 +131,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         mechanism=args.mechanism,
         generate_mode=args.generate_mode if bilevel else "auto",
         time_limit_s=args.time_limit_s,
+        unsafe_no_sandbox=args.unsafe_no_sandbox,
     )
 
 
@@ -274,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             from dashboard.cli import main_dashboard
 
             return main_dashboard(argv)
+        if argv and argv[0] == "validate":
+            from graphs.validate_file import main_validate
+
+            return main_validate(argv[1:])
         from graphs.mechanism_store import main_mechanisms
 
         return main_mechanisms(argv)

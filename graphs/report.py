@@ -156,6 +156,13 @@ def write_report(run_dir: Path) -> Path:
             f"samples at `{surrogate.split(':', 1)[1]}` (`--executor {surrogate}`).",
             "",
         ]
+    unsafe = list(ledger.events("unsafe_no_sandbox"))
+    if unsafe:
+        needs = "; ".join(unsafe[0].get("needs") or []) or "none"
+        lines += [
+            f"**Unsafe run** (`--unsafe-no-sandbox`): LLM-written code ran without the OS sandbox ({needs}).",
+            "",
+        ]
     if experiments:
         plot_progress(experiments, run_dir / "progress.png", surrogate is not None)
         plot_mechanisms(experiments, run_dir / "mechanisms.png", surrogate is not None)

@@ -18,6 +18,7 @@ from checkpoints.sqlite import DURABILITY, open_checkpointer
 from graphs.inner import build_inner_graph
 from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state, topology_problem
 from graphs.runs import RunConfig, initial_inner_state, make_context, restore_budget
+from mechanisms import jail
 from nodes.context import OuterContext
 from nodes.ledger import Ledger, write_json_atomic
 from nodes.llm import LLMSettings, open_chat_model
@@ -61,6 +62,7 @@ def execute(
     config: RunConfig, *, llm: BaseChatModel | None = None, executor: Executor | None = None, inner_only: bool = False
 ) -> dict[str, Any]:
     """Run (or resume) the run that `config` describes until it ends; return the final state."""
+    check_sandbox(config, inner_only)
     run_dir = Path(config.run_dir)
     ledger = Ledger(run_dir)
     if not (run_dir / "run.json").exists():
@@ -75,6 +77,8 @@ def execute(
         else:
             description = getattr(llm, "description", None) or type(llm).__name__
         ledger.event("run_start", level=config.level, llm=description, inner_only=inner_only, executor=config.executor)
+        if config.unsafe_no_sandbox:
+            ledger.event("unsafe_no_sandbox", needs=sandbox_needs(config, inner_only), sandbox=jail.unavailable())
         ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor or executor_for(config))
         if executor is None and not is_surrogate(config):  # the real trainer: build the data before the first trial
             ctx.split_sha256 = prepare_data(config)
@@ -155,6 +159,33 @@ def executor_for(config: RunConfig) -> Executor:
 
         return RayExecutor(config.ray_address or "auto", parallel=config.parallel)
     return LocalExecutor(parallel=config.parallel or 1)
+
+
+def sandbox_needs(config: RunConfig, inner_only: bool) -> list[str]:
+    """What in this run executes LLM-written code, which runs only inside the OS sandbox (mechanisms/jail.py)."""
+    needs = []
+    if config.mode == "code" and not is_surrogate(config):
+        needs.append("--mode code (the LLM edits train.py)")
+    if not inner_only and config.level in ("2", "1+2") and resolve_generate_mode(config) == "generate":
+        needs.append("generate mode (the LLM writes mechanisms)")
+    if config.mechanism and Path(config.mechanism).suffix == ".py":
+        needs.append(f"--mechanism {config.mechanism} (a mechanism module)")
+    return needs
+
+
+def check_sandbox(config: RunConfig, inner_only: bool) -> None:
+    """Refuse to start a run that needs the sandbox where none can start, unless --unsafe-no-sandbox (then loudly)."""
+    jail.set_unsafe(config.unsafe_no_sandbox)
+    needs = sandbox_needs(config, inner_only)
+    if config.unsafe_no_sandbox:
+        print(
+            "WARNING --unsafe-no-sandbox: LLM-written code (" + ("; ".join(needs) or "none in this run") + ") runs "
+            "WITHOUT the OS sandbox, as this user, with this user's files and network; recorded in run.json, the "
+            "trace and the report",
+            file=sys.stderr,
+        )
+    elif needs:
+        jail.require("; ".join(needs))
 
 
 def resolve_generate_mode(config: RunConfig) -> str:

@@ -47,6 +47,7 @@ class RunConfig:
     generate_mode: str = "auto"  # "compose" | "generate" | "auto" (compose for the embedded model)
     time_limit_s: float | None = None
     kill_after_s: float | None = None
+    unsafe_no_sandbox: bool = False  # LLM-written code runs without the OS sandbox (--unsafe-no-sandbox)
     started: float = 0.0
 
     def save(self) -> None:
@@ -70,6 +71,7 @@ class RunConfig:
             eval_tokens=self.eval_tokens,
             seed=self.seed,
             kill_after_s=self.kill_after_s,
+            sandbox=self.mode == "code" and not self.unsafe_no_sandbox,  # an LLM-edited train.py
         )
 
 
