@@ -9,6 +9,13 @@ VENV=.venv
 WHEELHOUSE=${BILEVEL_WHEELHOUSE:-$HOME/.cache/bilevel-autoresearch/wheels}
 STAMP=$VENV/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
+# The OS sandbox of LLM-written code (generated mechanisms, --mode code): bubblewrap. Installed where we are root;
+# elsewhere such runs refuse to start and name the package.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap; } \
+    || echo "warning: could not install bubblewrap; generate mode and --mode code will refuse to start" >&2
+fi
+
 if [ -f "$STAMP" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip"
