@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from mechanisms.base import ALL_BUILTIN_NAMES, builtin_catalog, builtin_source
 
@@ -57,7 +59,10 @@ def reason_of(row: dict[str, Any]) -> str:
     if validation.get("inject"):
         return str(validation["inject"])
     errors = validation.get("errors") or []
-    return f"{validation.get('stage', '?')}: {errors[0]}" if errors else ""
+    if not errors:
+        return ""
+    stage = str(validation.get("stage", "?"))
+    return errors[0] if str(errors[0]).startswith(f"{stage}:") else f"{stage}: {errors[0]}"
 
 
 def find(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
@@ -88,17 +93,22 @@ def print_builtins() -> None:
 
 
 def print_run(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per candidate; the id column never wraps or truncates, so it can be copied into --show."""
-    width = max([len(str(r["record"].get("id", ""))) for r in rows] + [2])
-    table = Table(title=f"mechanisms of {run_dir}")
-    table.add_column("id", no_wrap=True, min_width=width)
-    table.add_column("origin", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("why", overflow="fold")
-    for row in rows:
-        table.add_row(str(row["record"].get("id")), str(row["record"].get("origin")), status_of(row), reason_of(row))
-    console.print(table)
-    console.print(f"source, diagnosis and validation of each: {run_dir}/mechanisms/<id with - for @>/", highlight=False)
+    """One line per candidate (id, origin, status: the id whole, so it can be copied into --show), then why, indented;
+    in the order the run made them. Reads at 80 columns."""
+    console.print(f"\n[bold]mechanisms of {run_dir}[/] ({len(rows)})", highlight=False)
+    for row in sorted(rows, key=lambda r: (r["record"].get("cycle", -1), r["folder"].stat().st_mtime)):
+        cycle = row["record"].get("cycle")
+        mechanism_id = str(row["record"].get("id"))
+        meta = f"{row['record'].get('origin')}, {status_of(row)}" + (f", cycle {cycle}" if cycle is not None else "")
+        if len(mechanism_id) + 2 + len(meta) <= 80:
+            console.print(f"{mechanism_id}  {meta}", highlight=False)
+        else:
+            console.print(mechanism_id, highlight=False, overflow="ignore", crop=False)
+            console.print(f"    {meta}", highlight=False)
+        why = reason_of(row)
+        if why:
+            console.print(Padding(Text(" ".join(why.split())[:300], overflow="fold"), (0, 0, 0, 4)))
+    console.print(f"each in {run_dir}/mechanisms/<id, @ as ->/; one in full: --show ID", highlight=False)
 
 
 def show(row: dict[str, Any]) -> None:

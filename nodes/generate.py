@@ -183,7 +183,8 @@ def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[s
     ]
     for p in space:
         if p.kind in ("int", "float"):
-            bounds, scale = f"[{p.low:g}, {p.high:g}]", "log" if p.log else "linear"
+            low, high = (int(p.low), int(p.high)) if p.kind == "int" else (p.low, p.high)
+            bounds, scale = f"[{low!r}, {high!r}]", "log" if p.log else "linear"
         else:
             bounds, scale = ", ".join(repr(c) for c in (p.choices or (True, False))), "-"
         value = incumbent.get(p.name, p.default)
@@ -216,12 +217,17 @@ def extract_module(text: str) -> str:
     if _parses(text):
         return text  # already a module: kept as written
     lines = text.split("\n")
+    prose_tail = len(lines)  # the lines after the code: prose (not indented, not code-like) or blank
+    while prose_tail > 0 and not (
+        lines[prose_tail - 1].startswith((" ", "\t")) or _CODE_START.match(lines[prose_tail - 1])
+    ):
+        prose_tail -= 1
     for first in [i for i, line in enumerate(lines) if _CODE_START.match(line)][:3]:
-        for last in range(len(lines), max(first, len(lines) - 40), -1):
+        for last in range(len(lines), prose_tail - 1, -1):
             chunk = "\n".join(lines[first:last])
-            if "def " in chunk and _parses(chunk):
+            if _NAME_LINE.search(chunk) and _parses(chunk):
                 return _tidy(chunk)
-    return _tidy(text)
+    return _tidy(text)  # not a module: the validator says why, with line numbers
 
 
 def _parses(text: str) -> bool:

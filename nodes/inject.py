@@ -23,13 +23,23 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
         return {}
     source = state.get("candidate_source") or ""
     diagnosis = state.get("diagnosis") or {}
-    record = keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "validated")
+    record = keep_candidate(
+        ctx.inner.ledger, candidate, source, diagnosis, validation, "validated", state.get("cycle", 0)
+    )
     try:
         problem = ctx.topology_check(state["active"], record) if ctx.topology_check else None
     except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is refused; it never stops the run
         problem = f"the inner graph could not be built with it: {type(e).__name__}: {e}"
     if problem:
-        keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, {**validation, "inject": problem}, "refused")
+        keep_candidate(
+            ctx.inner.ledger,
+            candidate,
+            source,
+            diagnosis,
+            {**validation, "inject": problem},
+            "refused",
+            state.get("cycle", 0),
+        )
         ctx.inner.ledger.event(
             "inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=False, reason=problem
         )
@@ -40,7 +50,7 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
                 {"cycle": state.get("cycle", 0), "event": "refused", "mechanism": record["id"], "reason": problem},
             ],
         }
-    keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "injected")
+    keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "injected", state.get("cycle", 0))
     ctx.inner.ledger.event(
         "inject",
         cycle=state.get("cycle", 0),

@@ -27,6 +27,7 @@ def keep_candidate(
     diagnosis: dict[str, Any],
     validation: dict[str, Any],
     status: str,
+    cycle: int,
 ) -> dict[str, Any]:
     """Write the candidate's folder: source.py, diagnosis.json, validation.json and record.json (with its status:
     "refused", "validated", "injected"); return the record as written."""
@@ -37,7 +38,7 @@ def keep_candidate(
         kept["path"] = str((folder / "source.py").relative_to(ledger.root))
     write_json_atomic(folder / "diagnosis.json", diagnosis)
     write_json_atomic(folder / "validation.json", validation)
-    write_json_atomic(folder / "record.json", {**kept, "status": status})
+    write_json_atomic(folder / "record.json", {**kept, "status": status, "cycle": cycle})
     return kept
 
 
@@ -68,6 +69,7 @@ def validate(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any
         state.get("diagnosis") or {},
         report,
         "validated" if report["ok"] else "refused",
+        state.get("cycle", 0),
     )
     ctx.inner.ledger.event("validate", cycle=state.get("cycle", 0), mechanism=candidate["id"], **report)
     update: dict[str, Any] = {"validation": report}

@@ -1,0 +1,305 @@
+"""Generate mode as a capable model meets it: the prompt states the whole contract (and cannot drift from the
+policy), realistic modules are injected and run, broken answers are repaired or refused with their reasons kept, and
+no answer crashes the run."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from capable_model import GOOD, PLAN, in_order
+from rich.console import Console
+from support import SyntheticExecutor, config
+
+import graphs.mechanism_store as store
+from graphs.run import execute
+from graphs.runs import RunConfig
+from mechanisms import policy
+from mechanisms.sandbox import SandboxLimits
+from mechanisms.space import SearchSpace
+from mechanisms.validation import synthetic_trace, validate_mechanism
+from nodes.compare import judge
+from nodes.generate import extract_module, record_name, space_table
+from nodes.inject import inject
+from nodes.ledger import Ledger
+from nodes.prompts import GENERATE_EXAMPLE, GENERATE_SYSTEM
+from nodes.scripted_model import ScriptedChatModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = SearchSpace.from_train_source((ROOT / "gpt" / "train.py").read_text())
+
+BASE = """NAME = "Probe"
+TARGET = "propose"
+
+
+def propose(view):
+    return view.ask_llm("probe")
+"""
+# One module per rule of the policy that breaks that rule and nothing else: every rule the prompt states is enforced.
+VIOLATIONS = {
+    "size": BASE + "\n" + "# padding\n" * 2_500,
+    "header": BASE.replace('NAME = "Probe"', 'NAME: str = "Probe"'),
+    "imports": "from __future__ import annotations\n" + BASE,
+    "global": BASE + "\n\ndef helper():\n    global COUNT\n    return 1\n",
+    "calls": BASE + "\n\ndef helper(view):\n    return getattr(view, NAME)\n",
+    "dunder": BASE + "\n\ndef helper(view):\n    return view.rng.__class__\n",
+    "attributes": BASE + "\n\ndef helper(view):\n    return view.mro\n",
+    "private": BASE + "\n\ndef helper(view):\n    return view.space._index\n",
+    "strings": '"""A docstring with a double__underscore."""\n' + BASE,
+    "async": BASE + "\n\nasync def helper():\n    return 1\n",
+    "methods": BASE + "\n\nclass Table:\n    def __call__(self):\n        return 1\n",
+    "class_keywords": BASE + "\n\nclass Table(metaclass=type):\n    pass\n",
+}
+
+
+def rules_section(prompt: str) -> list[str]:
+    section = prompt.split("## Rules the validator enforces", 1)[1].split("\nSandbox:", 1)[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_prompt_states_exactly_the_policys_rules_and_each_is_enforced():
+    rules = policy.policy_rules()
+    assert rules_section(GENERATE_SYSTEM) == [rule.text for rule in rules]
+    text = " ".join(rule.text for rule in rules)
+    names = (
+        policy.ALLOWED_IMPORTS
+        | policy.FORBIDDEN_MODULES
+        | policy.FORBIDDEN_CALLS
+        | policy.FORBIDDEN_ATTRIBUTES
+        | policy.DUNDER_METHODS
+    )
+    assert not [n for n in names if f"`{n}`" not in text]
+    assert f"{policy.MAX_SOURCE_CHARS:,} characters" in text and f"{policy.MAX_NAME_CHARS} characters" in text
+    assert set(VIOLATIONS) == {rule.key for rule in rules}, "a rule without a module that breaks it"
+    assert policy.check_source(BASE).ok
+    for key, source in VIOLATIONS.items():
+        assert not policy.check_source(source).ok, f"rule {key!r} is stated but not enforced"
+
+
+def test_the_prompt_is_formatted_and_states_the_api_the_limits_and_the_judging():
+    assert "{{" not in GENERATE_SYSTEM and "}}" not in GENERATE_SYSTEM
+    assert not re.search(r"\{[a-z_]+\}", GENERATE_SYSTEM.split("## An example module")[0])
+    limits = SandboxLimits()
+    for fact in (
+        "view.check_changes(changes)",
+        'view.ask_llm(guidance="", constraints=None)',
+        "neighbour(params, rng, names, scale=0.1)",
+        "p.to_unit(value)",
+        '"keep", "discard", "crash", "running"',
+        f"{limits.wall_s:g} s",
+        f"At most {limits.max_llm_calls} calls per view",
+        "collections.namedtuple",
+        "A contract test",
+        "Determinism",
+        "measured from the baseline",
+    ):
+        assert fact in GENERATE_SYSTEM, fact
+    assert GENERATE_EXAMPLE in GENERATE_SYSTEM
+
+
+def test_the_example_module_in_the_prompt_passes_validation():
+    report = validate_mechanism(GENERATE_EXAMPLE, SPACE, synthetic_trace(SPACE, 1), seed=0)
+    assert report.ok, report.errors
+    assert report.name == "LeastTriedSteps"
+
+
+MODULE = 'NAME = "TabuUCB"\nTARGET = "propose"\n\n\ndef propose(view):\n    return view.ask_llm("x")\n'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        MODULE,
+        f"```python\n{MODULE}```",
+        f"```py\n{MODULE}```",
+        f"```Python\n{MODULE}```",
+        f"```python3\n{MODULE}```",
+        f"``` python\n{MODULE}```\n",
+        f"```\n{MODULE}```",
+        f"~~~python\n{MODULE}~~~",
+        f"~~~\n{MODULE}~~~",
+        f"Here is the module:\r\n\r\n```python\r\n{MODULE}```\r\nIt avoids repeats.".replace("\n", "\r\n").replace(
+            "\r\r\n", "\r\n"
+        ),
+        f"Here is the module:\n\n{MODULE}\nIt avoids repeats.",
+        f"```python\n{MODULE}",  # an answer cut off before its closing fence
+        f"First the idea:\n```text\nstep, then check\n```\nThen the module:\n```python\n{MODULE}```",
+    ],
+)
+def test_code_is_extracted_from_every_kind_of_answer(answer):
+    assert extract_module(answer).strip() == MODULE.strip()
+    assert record_name(extract_module(answer)) == "TabuUCB"
+
+
+def test_the_record_name_is_the_modules_own_name():
+    assert record_name('NAME = "TabuUCB"\n') == "TabuUCB"
+    assert record_name("NAME = '" + "A" * 50 + "'\n") == "A" * 50
+    assert record_name("NAME = '" + "A" * 65 + "'\n") == "unnamed"  # refused by the policy; the folder still keeps it
+    assert record_name("NAME = '../../etc'\n") == "unnamed"
+    assert record_name("no name at all") == "unnamed"
+
+
+def test_the_search_space_table_gives_ranges_scales_rules_and_frozen_names():
+    table = space_table(SPACE, SPACE.defaults(), ["DEPTH"])
+    assert "| DEPTH | int | [1, 24] | linear | - | 4 | yes |" in table
+    assert "| TOTAL_BATCH_TOKENS | int | [1024, 1048576] | log | DEVICE_BATCH_SIZE*SEQ_LEN | 8192 | no |" in table
+    assert "| OPTIMIZER | choice | 'muon', 'adamw' | - | - | 'muon' | no |" in table
+    assert len(table.splitlines()) == len(SPACE) + 2
+
+
+def test_frozen_parameters_are_checked_in_validation():
+    always_lr = BASE.replace(
+        'return view.ask_llm("probe")',
+        'value = 0.05 if view.incumbent["MATRIX_LR"] != 0.05 else 0.06\n'
+        '    return {"changes": {"MATRIX_LR": value}, "hypothesis": "lr " + str(view.iteration), '
+        '"expected_direction": "lower"}',
+    )
+    trace = synthetic_trace(SPACE, 1)
+    assert validate_mechanism(always_lr, SPACE, trace, seed=0).ok
+    report = validate_mechanism(always_lr, SPACE, trace, seed=0, settings={"frozen": ["MATRIX_LR"]})
+    assert not report.ok and "MATRIX_LR is frozen" in " ".join(report.errors)
+
+
+def test_changed_vs_llm_counts_changes_not_reworded_hypotheses():
+    passthrough = BASE.replace(
+        'return view.ask_llm("probe")',
+        'proposal = view.ask_llm("probe")\n'
+        '    return {"changes": dict(proposal["changes"]), "hypothesis": "reworded: " + proposal["hypothesis"], '
+        '"expected_direction": "lower"}',
+    )
+    report = validate_mechanism(passthrough, SPACE, synthetic_trace(SPACE, 1), seed=0)
+    assert report.ok and report.replay["n"] > 0 and report.replay["changed_vs_llm"] == 0
+
+
+def segment(index: int, first: int, last: int, before: float | None, after: float) -> dict:
+    progress = round(before - after, 6) if before is not None else 0.0
+    return {"index": index, "mechanism": "m", "first": first, "last": last, "best_before": before,
+            "best_after": after, "progress": progress, "kept": 1, "crashes": 0}  # fmt: skip
+
+
+def test_the_first_segments_progress_is_measured_from_the_baseline():
+    first = segment(0, 0, 3, None, 1.80)  # the baseline trained at 2.00 inside it
+    trial = segment(1, 3, 6, 1.80, 1.75)
+    keep, evidence = judge(trial, first, baseline_bpb=2.00)
+    assert not keep and "0.200000 before" in evidence
+    keep, _ = judge(segment(1, 3, 6, 1.80, 1.55), first, baseline_bpb=2.00)
+    assert keep
+
+
+def test_a_candidate_whose_graph_cannot_be_built_is_refused_not_raised(tmp_path):
+    def broken(active, record):
+        raise ValueError("name/target do not match the source's NAME/TARGET")
+
+    ledger = Ledger(tmp_path / "run")
+    context = SimpleNamespace(inner=SimpleNamespace(ledger=ledger), topology_check=broken)
+    record = {"id": "TabuUCB@12345678", "name": "TabuUCB", "origin": "generated", "target": "propose",
+              "sha256": "0" * 64, "params": {}}  # fmt: skip
+    state = {"candidate": record, "candidate_source": MODULE, "validation": {"ok": True}, "cycle": 2,
+             "active": {"id": "llm_greedy@0"}, "history": []}  # fmt: skip
+    update = inject(state, SimpleNamespace(context=context))  # type: ignore[arg-type]
+    assert update["candidate"] is None and update["history"][-1]["event"] == "refused"
+    event = next(ledger.events("inject"))
+    assert not event["injected"] and "could not be built" in event["reason"]
+    saved = json.loads((tmp_path / "run" / "mechanisms" / "TabuUCB-12345678" / "record.json").read_text())
+    assert saved["status"] == "refused"
+
+
+def listing(argv: list[str], monkeypatch) -> tuple[int, str]:
+    out = io.StringIO()
+    monkeypatch.setattr(store, "console", Console(file=out, width=80, color_system=None))
+    return store.main_mechanisms(argv), out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def capable_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, ScriptedChatModel]:
+    """A Level-2 generate-mode run of 18 experiments in segments of 2 against the scripted capable model: eight
+    cycles, each answered as PLAN says."""
+    tmp_path = tmp_path_factory.mktemp("capable")
+    llm = ScriptedChatModel(script=[in_order()], cycle=True)
+    settings = config(tmp_path, level="2", iterations=17, segment=2, generate_mode="generate")
+    final = execute(settings, llm=llm, executor=SyntheticExecutor())
+    return final, tmp_path / "run", llm
+
+
+def test_every_realistic_module_is_injected_and_runs_as_the_propose_node(capable_run):
+    final, run_dir, _ = capable_run
+    ledger = Ledger(run_dir)
+    assert final["stop_reason"] == "all iterations done" and len(final["inner"]["experiments"]) == 18
+    injected = [e for e in ledger.events("inject") if e["injected"]]
+    assert [e["mechanism"].split("@")[0] for e in injected] == list(GOOD)
+    calls = list(ledger.events("mechanism_call"))
+    for event in injected:
+        ran = [c for c in calls if c["mechanism"] == event["mechanism"]]
+        assert len(ran) == 2 and all(c["ok"] for c in ran), (event["mechanism"], ran)
+        made = [e for e in final["inner"]["experiments"] if e["mechanism"] == event["mechanism"]]
+        assert len(made) == 2
+        folder = run_dir / "mechanisms" / event["mechanism"].replace("@", "-")
+        assert record_name((folder / "source.py").read_text()) == event["mechanism"].split("@")[0]
+        assert json.loads((folder / "record.json").read_text())["status"] in ("injected", "kept", "rolled_back")
+    # each judged after its segment, but the last: the run ends with its segment
+    assert [e["mechanism"] for e in ledger.events("compare")] == [e["mechanism"] for e in injected[:-1]]
+
+
+def test_every_broken_answer_is_repaired_or_refused_with_its_reason_kept(capable_run):
+    _, run_dir, _ = capable_run
+    ledger = Ledger(run_dir)
+    refused = [e for e in ledger.events("validate") if not e["ok"]]
+    reasons = [" ".join(e["errors"]) for e in refused]
+    expected = [
+        "def propose(view):",  # wrong entry name
+        "syntax error",
+        "nests expressions too deeply",
+        "defining '__getitem__' is not allowed",
+        "import of '__future__' is not allowed",
+        "NAME has 85 characters",
+        "sys._getframe",  # collections.namedtuple, refused by the sandbox when it loads
+    ]
+    assert len(reasons) == len(expected)
+    for reason, fragment in zip(reasons, expected, strict=True):
+        assert fragment in reason, (fragment, reason)
+    nested = [e for e in ledger.events("llm_call") if e.get("node") == "generate" and not e["ok"]]
+    assert len(nested) == 1 and "did not validate" in nested[0]["error"]  # deep-nested output: re-asked
+    for event in refused:  # each refused candidate keeps its source, diagnosis and report
+        folder = run_dir / "mechanisms" / event["mechanism"].replace("@", "-")
+        assert (folder / "source.py").exists() and json.loads((folder / "diagnosis.json").read_text())["bottleneck"]
+        assert json.loads((folder / "validation.json").read_text())["errors"] == event["errors"]
+        assert json.loads((folder / "record.json").read_text())["status"] == "refused"
+    assert sum(len(cycle) for cycle in PLAN) == len(GOOD) + len(expected) + 1
+
+
+def test_the_prompt_the_model_read_gave_this_runs_space_and_its_repairs(capable_run):
+    _, _, llm = capable_run
+    generate_calls = [m for m in llm.calls if m[0].content == GENERATE_SYSTEM]
+    first = generate_calls[0][1].content
+    assert "| TOTAL_BATCH_TOKENS | int | [1024, 1048576] | log | DEVICE_BATCH_SIZE*SEQ_LEN |" in first
+    assert "2 repair round(s) remain" in first and "next 2 experiments" in first
+    repair = next(m[1].content for m in generate_calls if "refused by the validator" in m[1].content)
+    assert "def propose(view):" in repair and "1 repair round(s) remain" in repair
+
+
+def test_mechanisms_listing_and_show_work_for_every_id(capable_run, monkeypatch):
+    _, run_dir, _ = capable_run
+    code, text = listing([str(run_dir)], monkeypatch)
+    assert code == 0
+    ids = [json.loads(p.read_text())["id"] for p in (run_dir / "mechanisms").glob("*/record.json")]
+    assert len(ids) == 15  # 8 injected + 7 refused (the nested answer never became a candidate)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for mechanism_id in ids:
+        assert mechanism_id in text, f"{mechanism_id} is not whole in the 80-column listing"
+        code, shown = listing([str(run_dir), "--show", mechanism_id], monkeypatch)
+        assert code == 0 and "NAME" in shown and mechanism_id in shown
+    assert listing([str(run_dir), "--show", "NoSuch@00000000"], monkeypatch)[0] == 1
+    assert listing([str(run_dir / "nothing-here"), "--show", ids[0]], monkeypatch)[0] == 2
+    assert listing(["--show", "tabu"], monkeypatch)[0] == 0
+    assert listing(["--show", "no_such_builtin"], monkeypatch)[0] == 1
+
+
+def test_a_finished_capable_run_resumes_to_the_same_end(capable_run):
+    final, run_dir, _ = capable_run
+    llm = ScriptedChatModel(script=[in_order()], cycle=True)
+    again = execute(RunConfig.load(run_dir), llm=llm, executor=SyntheticExecutor())
+    assert again["inner"]["experiments"] == final["inner"]["experiments"] and not llm.calls
