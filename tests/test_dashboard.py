@@ -1,0 +1,299 @@
+"""The dashboard over a real run folder (made by the graphs with a scripted model) and the packed real ablation:
+every page renders what the folders hold; a half-written or damaged folder gives a page that says so; nothing
+outside the served folders can be read; nothing is written."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from dashboard_support import append_experiment, events, make_run, serve
+from starlette.testclient import TestClient
+
+from dashboard import folders
+from dashboard.folders import Refused, Served
+from dashboard.server import create_app
+from dashboard.svg import tick_label, ticks
+from dashboard.trace import parse
+from graphs.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "top-secret-outside-the-served-folder"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/ with one Level-2 run and the packed real ablation unpacked next to it; a secret file outside."""
+    base = tmp_path_factory.mktemp("dash")
+    runs = base / "runs"
+    make_run(runs / "run-a")
+    with tarfile.open(REPO / "docs/results/ablation-real.tar.gz") as tar:
+        tar.extractall(runs, filter="data")
+    (base / "secret.txt").write_text(SECRET)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def client(root: Path) -> TestClient:
+    return TestClient(create_app(Served.of([root])), base_url="http://127.0.0.1")
+
+
+def test_index_lists_the_run_and_the_ablation(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'href="/run/0/run-a"' in page.text
+    assert 'href="/ablation/0/ablation-real"' in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_run_page_draws_graphs_staircase_and_tables(client: TestClient, root: Path) -> None:
+    records = [e for e in events(root / "run-a") if e["kind"] == "experiment"]
+    page = client.get("/run/0/run-a").text
+    # the inner graph with the active mechanism on propose, its call count and its segments
+    calls = [e for e in events(root / "run-a") if e["kind"] == "mechanism_call"]
+    active = [e for e in events(root / "run-a") if e["kind"] == "segment_start"][-1]["mechanism"]
+    badge = re.search(r'data-node="propose">.*?<text class="badge"[^>]*>([^<]*)</text>', page)
+    assert badge, "propose carries the active mechanism"
+    n_calls = sum(c["mechanism"] == active for c in calls)
+    assert badge.group(1).startswith(f"{active} · {n_calls} calls · segments ")
+    for node in ("run_inner", "compare", "adjust", "analyze", "generate", "validate", "inject"):
+        assert f'data-node="{node}"' in page
+    # one point per experiment, coloured by its proposal source; the crash drawn as a cross
+    points = re.findall(
+        r'<a href="/experiment/(e\d{4})/0/run-a" data-id="e\d{4}"><(circle|path) class="pt st-(\w+) src-(\w+)', page
+    )
+    assert [p[0] for p in points] == [r["id"] for r in records]
+    assert {p[3] for p in points} >= {"baseline", "llm", "mechanism"}
+    assert any(p[2] == "crash" and p[1] == "path" for p in points)
+    assert 'class="baseline"' in page and 'class="segment seg-' in page
+    rows = re.findall(r'<tr data-status="(\w+)" data-source="(\w+)" data-id="(e\d{4})">', page)
+    assert [r[2] for r in rows] == [r["id"] for r in records]
+    assert "mechanisms-table" in page and "llm-table" in page
+
+
+def test_experiment_page_shows_diff_exchange_result_and_timing(client: TestClient, root: Path) -> None:
+    records = [e for e in events(root / "run-a") if e["kind"] == "experiment"]
+    llm_made = next(r for r in records if r.get("proposal_source") == "llm")
+    page = client.get(f"/experiment/{llm_made['id']}/0/run-a").text
+    assert "Diff of train.py" in page and 'class="gd"' in page  # a highlighted removed line of the diff
+    assert "LLM call" in page and "answer accepted" in page
+    assert "mechanism call" in page
+    assert "training (budget)" in page
+    assert llm_made["hypothesis"] in page
+
+
+def test_mechanism_page_shows_source_validation_and_verdict(client: TestClient, root: Path) -> None:
+    injected = [e for e in events(root / "run-a") if e["kind"] == "inject" and e.get("injected")]
+    assert injected, "the scripted run injects a mechanism"
+    mid = injected[0]["mechanism"]
+    page = client.get(f"/mechanism/{mid}/0/run-a").text
+    assert page.count('class="hl"') >= 3  # source, diagnosis, validation report
+    assert "injected, replacing" in page
+    start = client.get(f"/mechanism/{injected[0]['replaces']}/0/run-a").text
+    assert "built-in mechanism: its source" in start and '<span class="nf">propose</span>' in start
+
+
+def test_llm_page_counts_calls_and_failures(client: TestClient, root: Path) -> None:
+    calls = [e for e in events(root / "run-a") if e["kind"] == "llm_call"]
+    page = client.get("/llm/0/run-a").text
+    assert f'<span class="value">{len(calls)}</span>' in page
+    assert page.count('class="call ') == len(calls)
+    refused = sum(not c["ok"] for c in calls)
+    assert f'Refused answers and errors <span class="count">{refused}</span>' in page
+
+
+def test_ablation_page_has_groups_with_intervals_and_runs(client: TestClient) -> None:
+    page = client.get("/ablation/0/ablation-real").text
+    for group in ("A", "C", "tpe"):
+        assert f'<tr data-group="{group}"><td>{group}</td>' in page
+    assert 'class="chart forest"' in page and 'class="chart curves"' in page
+    assert 'href="/run/0/ablation-real/runs/C-r00"' in page
+    run = client.get("/run/0/ablation-real/runs/C-r00").text
+    assert "noise floor: the baseline re-trained 5×" in run  # the ablation's noise floor drawn on its runs
+    assert "experiments/e0001/ is missing" in client.get("/experiment/e0001/0/ablation-real/runs/C-r00").text
+
+
+def test_compare_page_puts_two_runs_side_by_side(client: TestClient) -> None:
+    page = client.get("/compare", params={"a": "0/run-a", "b": "0/ablation-real/runs/A-r00"}).text
+    assert page.count('class="chart staircase"') == 2
+    assert "Settings that differ" in page and "<td>level</td>" in page
+
+
+def test_half_written_run_folder_gives_clear_pages(tmp_path: Path, root: Path) -> None:
+    run = tmp_path / "runs" / "torn"
+    shutil.copytree(root / "run-a", run)
+    with open(run / "trace.jsonl", "a") as f:
+        f.write('{"kind": "experiment", "id": "e09')  # a writer killed mid-line
+    (run / "run.json").unlink()
+    shutil.rmtree(run / "experiments" / "e0002")
+    (run / "summary.json").write_text("{not json")
+    bare = tmp_path / "runs" / "just-started"
+    bare.mkdir()
+    (bare / "run.json").write_text(json.dumps({"level": "2", "iterations": 4}))
+    c = TestClient(create_app(Served.of([tmp_path / "runs"])), base_url="http://127.0.0.1")
+    page = c.get("/run/0/torn")
+    assert page.status_code == 200
+    assert "1 line(s) not valid JSON were skipped" in page.text
+    assert "run.json is missing" in page.text and "summary.json is not valid JSON" in page.text
+    assert (
+        "diff.patch is missing" in c.get("/experiment/e0002/0/torn").text
+        or "e0002/ is missing" in c.get("/experiment/e0002/0/torn").text
+    )
+    fresh = c.get("/run/0/just-started")
+    assert fresh.status_code == 200 and "no experiment decided yet" in fresh.text
+    assert "trace.jsonl is missing" in fresh.text
+    assert c.get("/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("/run/0/nothing-here", 404),
+        ("/run/7/run-a", 403),
+        ("/experiment/e9999/0/run-a", 404),
+        ("/mechanism/nope@123/0/run-a", 404),
+        ("/ablation/0/run-a", 404),
+        ("/run/0/ablation-real", 404),
+        ("/compare?a=0/run-a", 404),
+        ("/no/such/page", 404),
+    ],
+)
+def test_bad_paths_give_an_error_page_not_a_traceback(client: TestClient, url: str, status: int) -> None:
+    page = client.get(url)
+    assert page.status_code == status
+    assert "<h1>" in page.text and "Traceback" not in page.text and 'File "' not in page.text
+
+
+TRAVERSALS = [
+    "/run/0/../secret.txt",
+    "/run/0/%2e%2e/secret.txt",
+    "/run/0/%2E%2E%2Fsecret.txt",
+    "/run/0/..%2fsecret.txt",
+    "/run/0/%252e%252e/secret.txt",
+    "/run//etc/passwd",
+    "/run/0//etc/passwd",
+    "/run/%2Fetc%2Fpasswd",
+    "/run/0/run-a/..%5c..%5csecret.txt",
+    "/file/0/../secret.txt",
+    "/file/0/%2e%2e/secret.txt/report/x.png",
+    "/file/0/ablation-real/report/..%2f..%2f..%2fsecret.txt",
+    "/experiment/..%2f..%2fsecret.txt/0/run-a",
+    "/mechanism/..%2F..%2Fsecret.txt/0/run-a",
+    "/experiment/e0001/0/run-a/../../secret.txt",
+    "/events?k=0/../secret.txt",
+    "/static/..%2f..%2ffolders.py",
+    "/static/../../secret.txt",
+]
+
+
+def raw_get(base: str, path: str) -> tuple[int, str]:
+    """A request sent as written: no client-side normalisation of `..` or of percent-escapes."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("GET", path, skip_accept_encoding=True)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read().decode("utf-8", "replace")
+    conn.close()
+    return response.status, body
+
+
+def test_traversal_is_refused(root: Path) -> None:
+    link_dir = root / "run-a" / "experiments" / "e0001"
+    (link_dir / "log.txt").symlink_to(root.parent / "secret.txt")  # a file link pointing out of the folder
+    (root / "escape").symlink_to(root.parent, target_is_directory=True)  # a folder link pointing out
+    (root / "run-a" / "mechanisms" / "leak").symlink_to(root.parent, target_is_directory=True)
+    try:
+        with serve([root]) as base:
+            for path in [*TRAVERSALS, "/run/0/escape", "/experiment/e0001/0/run-a", "/run/0/escape/runs/run-a"]:
+                status, body = raw_get(base, path)
+                assert SECRET not in body, path
+                assert "Traceback" not in body, path
+                assert status in (200, 400, 403, 404), (path, status)
+            status, body = raw_get(base, "/experiment/e0001/0/run-a")
+            assert status == 200 and "resolves outside the served folder" in body
+            assert raw_get(base, "/run/0/escape")[0] == 403
+            assert raw_get(base, "/run/0/%2e%2e/secret.txt")[0] == 403
+    finally:
+        (link_dir / "log.txt").unlink()
+        (root / "escape").unlink()
+        (root / "run-a" / "mechanisms" / "leak").unlink()
+
+
+def test_folder_refuses_what_resolves_outside(tmp_path: Path) -> None:
+    (tmp_path / "served").mkdir()
+    (tmp_path / "outside.txt").write_text(SECRET)
+    (tmp_path / "served" / "link").symlink_to(tmp_path / "outside.txt")
+    served = Served.of([tmp_path / "served"])
+    root = served.root(0)
+    for bad in ("..", ".", "", "a/b", "a\\b", "x\0y"):
+        with pytest.raises(Refused):
+            root.resolve(bad)
+    with pytest.raises(Refused):
+        root.read_text("link")
+    assert root.names() == []  # the link is not listed either
+    for key in ("1", "x", "0/..", "0//etc", "-1", "/etc/passwd"):
+        with pytest.raises(Refused):
+            served.folder(key)
+    assert folders.kind_of(root) is None
+
+
+def test_dashboard_writes_nothing(root: Path, client: TestClient) -> None:
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if not p.is_symlink()}
+
+    before = snapshot()
+    for url in ("/", "/run/0/run-a", "/llm/0/run-a", "/ablation/0/ablation-real", "/experiment/e0001/0/run-a"):
+        assert client.get(url).status_code == 200
+    assert client.post("/run/0/run-a").status_code == 405
+    assert snapshot() == before
+
+
+def test_live_update_event_and_fragment(tmp_path: Path, root: Path) -> None:
+    run = tmp_path / "runs" / "live"
+    shutil.copytree(root / "run-a", run)
+    with serve([tmp_path / "runs"]) as base:
+        host, port = base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=15)
+        conn.request("GET", "/events?k=0/live")
+        stream = conn.getresponse()
+        assert stream.status == 200 and stream.getheader("content-type").startswith("text/event-stream")
+        assert stream.readline().startswith(b"retry:")
+        stream.readline()
+        time.sleep(0.2)
+        eid = append_experiment(run, 1.5)
+        started = time.monotonic()
+        line = stream.readline()
+        assert line == b"event: change\n", line
+        assert time.monotonic() - started < 5
+        conn.close()
+        status, fragment = raw_get(base, "/run/0/live?part=main")
+        assert status == 200 and f'data-id="{eid}"' in fragment and "<html" not in fragment
+
+
+def test_svg_ticks_and_trace_parsing() -> None:
+    assert ticks(2.0, 2.1, 5) == pytest.approx([2.0, 2.025, 2.05, 2.075, 2.1])
+    assert ticks(0.0, 10.0, 5) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert [tick_label(v, [0.0, 0.025]) for v in (0.0, 0.025)] == ["0.000", "0.025"]
+    assert ticks(-0.1, 0.0, 4)[-1] == 0.0 and tick_label(0.0, [-0.05, 0.0]) == "0.00"
+    trace = parse('{"kind": "a"}\n[1, 2]\n{"kind": "b"}\n{"kind": "c", "x": ')
+    assert [e["kind"] for e in trace.events] == ["a", "b"] and trace.skipped == 2 and trace.torn_tail
+
+
+def test_cli_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().out
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(os.environ, "NO_PROXY", "127.0.0.1,localhost")
