@@ -175,6 +175,28 @@ def install_hook(refused: list[str], quiet: list[bool]) -> None:
     sys.addaudithook(hook)
 
 
+def install_tracer(refused: list[str], quiet: list[bool]) -> None:
+    """Record every OSError and MemoryError that reaches the mechanism's own code, caught or not: an operation the
+    sandbox refused is a refusal even when the mechanism swallows the error and carries on."""
+    seen: set[tuple[int, int]] = set()
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception" and issubclass(arg[0], (OSError, MemoryError)) and not quiet[0]:
+            key = (id(arg[1]), len(seen))
+            if all(k[0] != key[0] for k in seen) and len(seen) < 20:
+                seen.add(key)
+                refused.append(f"{arg[0].__name__} at line {frame.f_lineno}: {arg[1]}"[:200])
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename == "<mechanism>":
+            frame.f_trace_lines = False
+            return local
+        return None
+
+    sys.settrace(calls)
+
+
 def restricted_builtins(refused: list[str]) -> dict[str, Any]:
     real_import = builtins.__import__
 
@@ -256,6 +278,7 @@ def main() -> None:
     namespace: dict[str, Any] = {"__name__": "mechanism"}
     if request.get("lint", True):
         strip_unaudited()
+        install_tracer(refused, quiet)  # before the hook, which refuses sys.settrace from then on
         install_hook(refused, quiet)
         namespace["__builtins__"] = restricted_builtins(refused)
     try:

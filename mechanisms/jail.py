@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE = "bubblewrap"
-INSTALL_HINT = f"install the Debian package `{PACKAGE}` (apt-get install -y {PACKAGE}; scripts/setup.sh does it as root)"
+INSTALL_HINT = f"install the Debian package `{PACKAGE}` (apt-get install -y {PACKAGE}; scripts/setup.sh does, as root)"
 SANDBOX_UID = 65534
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -148,7 +148,10 @@ class Jail:
             cmd += _expose(path)
         for path in self.read_only:
             cmd += _expose(str(path))
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
+        # /proc read-only: as root, bwrap maps the sandbox's uid to the host's uid 0, and the kernel lets uid 0 write
+        # sysctls (/proc/sys) and /proc/sysrq-trigger without any capability
+        cmd += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev"]
+        cmd += ["--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
         for path in self.writable:
             cmd += ["--bind", str(path), str(path)]
         for device in self.devices:
@@ -158,7 +161,7 @@ class Jail:
         cmd += ["--clearenv"]
         for key, value in self.env.items():
             cmd += ["--setenv", key, value]
-        cmd += ["--chdir", self.cwd, "--", *argv]
+        cmd += ["--remount-ro", "/", "--chdir", self.cwd, "--", *argv]  # the skeleton bwrap built, read-only too
         return cmd
 
 
@@ -346,6 +349,7 @@ def spawn(
     try:
         command = jail.command(argv, bwrap, info_fd=write_end, seccomp_fd=seccomp)
         start = spawner or _popen
+        popen.setdefault("env", dict(jail.env))  # bwrap's own environment: its PID 1's /proc/1/environ is visible
         proc = start(command, preexec=limits.apply, pass_fds=fds, **popen)
     except BaseException:
         os.close(read_end)
