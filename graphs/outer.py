@@ -19,6 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import StateSnapshot
 
 from graphs.inner import InnerGraph, build_inner_graph
 from nodes.adjust import adjust
@@ -35,6 +36,16 @@ from nodes.validate import validate
 RECURSION_LIMIT = 100_000
 
 
+def pending(snapshot: StateSnapshot) -> bool:
+    """Work left on a thread: a next node, or a task whose writes were saved before a kill came ahead of the next
+    checkpoint (LangGraph leaves such a task out of `next`; invoking with None applies its writes and goes on)."""
+    return bool(snapshot.next or snapshot.tasks)
+
+
+def finished(snapshot: StateSnapshot) -> bool:
+    return bool(snapshot.values) and not pending(snapshot)
+
+
 def inner_graph_for(record: MechanismRecord, ctx: OuterContext) -> InnerGraph:
     """The inner graph with `record`'s mechanism as its `propose` node, rebuilt from the record alone."""
     mechanism = load_mechanism(record, ctx.inner.ledger.root)
@@ -49,12 +60,12 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
     graph = inner_graph_for(state["active"], ctx)
     config: RunnableConfig = {"configurable": {"thread_id": f"segment-{cycle:03d}"}, "recursion_limit": RECURSION_LIMIT}
     snapshot = graph.get_state(config)
-    if snapshot.values and not snapshot.next:
+    if finished(snapshot):
         final = snapshot.values  # finished before a kill interrupted the outer step: reuse, never re-run
     else:
         start = (
             None
-            if snapshot.next
+            if pending(snapshot)
             else cast(InnerState, {**inner, "stop_at": min(first + ctx.segment, state["total"]), "stop_reason": None})
         )
         ctx.inner.ledger.event(

@@ -16,14 +16,23 @@ from langchain_core.runnables import RunnableConfig
 
 from checkpoints.sqlite import DURABILITY, open_checkpointer
 from graphs.inner import build_inner_graph
-from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state, topology_problem
+from graphs.outer import (
+    RECURSION_LIMIT,
+    build_outer_graph,
+    finished,
+    initial_outer_state,
+    pending,
+    topology_problem,
+)
 from graphs.runs import RunConfig, initial_inner_state, make_context, restore_budget
 from mechanisms import jail
 from nodes.context import OuterContext
 from nodes.ledger import Ledger, write_json_atomic
 from nodes.llm import LLMSettings, open_chat_model
+from nodes.local_server import MODEL_ALIAS
 from nodes.mechanism_loader import builtin_mechanism, builtin_record, load_mechanism
 from nodes.state import MechanismRecord
+from nodes.structured import model_name
 from nodes.trainer import REPO_ROOT, Executor, LocalExecutor
 
 GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
@@ -80,6 +89,7 @@ def execute(
         if config.unsafe_no_sandbox:
             ledger.event("unsafe_no_sandbox", needs=sandbox_needs(config, inner_only), sandbox=jail.unavailable())
         ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor or executor_for(config))
+        ctx.proposal_style = resolve_proposal_style(config, llm)
         if executor is None and not is_surrogate(config):  # the real trainer: build the data before the first trial
             ctx.split_sha256 = prepare_data(config)
         total = config.iterations + 1
@@ -87,8 +97,8 @@ def execute(
             graph = build_inner_graph(load_mechanism(start_mechanism(config), run_dir)).compile(checkpointer=saver)
             run_config: RunnableConfig = {"configurable": {"thread_id": "inner"}, "recursion_limit": RECURSION_LIMIT}
             snapshot = graph.get_state(run_config)
-            inner_start = None if snapshot.next or snapshot.values else initial_inner_state(ctx.space, total)
-            if snapshot.values and not snapshot.next:
+            inner_start = None if pending(snapshot) or snapshot.values else initial_inner_state(ctx.space, total)
+            if finished(snapshot):
                 return dict(snapshot.values)
             final = graph.invoke(inner_start, run_config, context=ctx, durability=DURABILITY)
         else:
@@ -106,11 +116,11 @@ def execute(
             outer_graph = build_outer_graph().compile(checkpointer=saver, name="bilevel")
             run_config = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
             snapshot = outer_graph.get_state(run_config)
-            if snapshot.values and not snapshot.next:
+            if finished(snapshot):
                 return dict(snapshot.values)
             outer_start = (
                 None
-                if snapshot.next
+                if pending(snapshot)
                 else initial_outer_state(
                     initial_inner_state(ctx.space, 0), start_mechanism(config), config.level, total
                 )
@@ -194,9 +204,14 @@ def resolve_generate_mode(config: RunConfig) -> str:
     return "compose" if llm_settings(config).embedded else "generate"
 
 
-def summary(
-    final: dict[str, Any], budget: dict[str, Any], inner_only: bool, executor: str = "local"
-) -> dict[str, Any]:
+def resolve_proposal_style(config: RunConfig, llm: BaseChatModel) -> str:
+    """The proposal schema: enumerated steps for the embedded model (every answer valid), free values otherwise."""
+    if config.proposal_style != "auto":
+        return config.proposal_style
+    return "values" if model_name(llm) == MODEL_ALIAS else "free"
+
+
+def summary(final: dict[str, Any], budget: dict[str, Any], inner_only: bool, executor: str = "local") -> dict[str, Any]:
     inner = final if inner_only else final.get("inner", {})
     experiments = inner.get("experiments", [])
     baseline = experiments[0]["val_bpb"] if experiments and experiments[0]["status"] != "crash" else None

@@ -56,7 +56,7 @@ def compare(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
         "segment": trial,
         "segment_before": before,
     }
-    ctx.inner.ledger.event("compare", **decision)
+    ctx.inner.ledger.event("compare", event_id=f"cycle-{decision['cycle']:03d}:compare:{active['id']}", **decision)
     folder = ctx.inner.ledger.mechanism_dir(active["id"].replace("@", "-"))
     write_json_atomic(folder / "effect.json", decision)
     update: dict[str, Any] = {"on_trial": False, "history": [*state.get("history", []), decision]}

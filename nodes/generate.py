@@ -166,6 +166,8 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     record = mechanism_record(record_name(source), "generated", source)
     ctx.inner.ledger.event(
         "generate",
+        # a node replayed after a kill, with the same answer, does not record it twice
+        event_id=f"cycle-{state.get('cycle', 0):03d}:generate:{repairs}:{record['id']}",
         cycle=state.get("cycle", 0),
         mode="generate",
         candidate=record,

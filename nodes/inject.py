@@ -41,7 +41,12 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
             state.get("cycle", 0),
         )
         ctx.inner.ledger.event(
-            "inject", cycle=state.get("cycle", 0), mechanism=record["id"], injected=False, reason=problem
+            "inject",
+            event_id=f"cycle-{state.get('cycle', 0):03d}:inject:{record['id']}",
+            cycle=state.get("cycle", 0),
+            mechanism=record["id"],
+            injected=False,
+            reason=problem,
         )
         return {
             "candidate": None,
@@ -53,6 +58,7 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     keep_candidate(ctx.inner.ledger, candidate, source, diagnosis, validation, "injected", state.get("cycle", 0))
     ctx.inner.ledger.event(
         "inject",
+        event_id=f"cycle-{state.get('cycle', 0):03d}:inject:{record['id']}",
         cycle=state.get("cycle", 0),
         mechanism=record["id"],
         injected=True,

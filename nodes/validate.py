@@ -71,7 +71,13 @@ def validate(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any
         "validated" if report["ok"] else "refused",
         state.get("cycle", 0),
     )
-    ctx.inner.ledger.event("validate", cycle=state.get("cycle", 0), mechanism=candidate["id"], **report)
+    ctx.inner.ledger.event(
+        "validate",
+        event_id=f"cycle-{state.get('cycle', 0):03d}:validate:{state.get('repairs', 0)}:{candidate['id']}",
+        cycle=state.get("cycle", 0),
+        mechanism=candidate["id"],
+        **report,
+    )
     update: dict[str, Any] = {"validation": report}
     if not report["ok"]:
         update["repairs"] = state.get("repairs", 0) + 1

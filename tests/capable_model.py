@@ -3,15 +3,14 @@ dataclasses, docstrings, helper functions, module constants, type hints) and the
 every kind, prose around the code, a wrong entry name, a name that differs from NAME, a syntax error, deep nesting,
 rules of the policy it did not know).
 
-`PLAN` is what the model answers to each generate call, cycle by cycle; `answer_for(messages, n)` answers any call of
-the outer and inner loops. `trace_answer(run_dir)` makes the same answers a pure function of the run's own trace, so a
-run killed with SIGKILL and resumed in a new process goes on with the same plan.
+`PLAN` is what the model answers to each generate call, cycle by cycle; `capable_model(run_dir)` answers every call of
+the outer and inner loops of a run, as a pure function of the run's own state, so a run killed with SIGKILL and resumed
+in a new process goes on with the same plan.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -496,7 +495,6 @@ PLAN: list[list[tuple[Any, str, str]]] = [
     ],
     [(tool(FOCUSED_LLM, name="x" * 60), "plain", "FocusedLLM")],
 ]
-GENERATE_ANSWERS = [answer for cycle in PLAN for answer, _, _ in cycle]
 LR_VALUES = (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02, 0.03, 0.11)
 
 
@@ -521,26 +519,30 @@ def answer_for(messages: list[Any], generate_answer: Callable[[], Any]) -> Any:
     return change("MATRIX_LR", LR_VALUES[(len(str(messages[-1].content)) + turn) % len(LR_VALUES)])
 
 
-def in_order() -> Callable[[list[Any]], Any]:
-    """The model for one process: generate calls answered in plan order (then the last good module again)."""
-    answers = itertools.chain(GENERATE_ANSWERS, itertools.repeat(tool(FOCUSED_LLM)))
-    return lambda messages: answer_for(messages, lambda: next(answers))
+MAX_REPAIRS = 2  # OuterContext.max_repairs: a cycle's answers are the first one and up to two repairs
 
 
-def trace_answer(run_dir: Path) -> Callable[[list[Any]], Any]:
-    """The model for a run that is killed and resumed: the n-th generate call, counted in the run's own trace (its
-    `llm_call` events of node generate), gets the n-th planned answer, whichever process asks."""
+def planned(messages: list[Any], cycle: int) -> Any:
+    """The planned answer to a generate call of `cycle`: which answer of the cycle is read from the prompt (the repair
+    rounds it says remain) and the conversation (a re-ask within the call adds a rejection)."""
+    remaining = re.search(r"(\d+) repair round\(s\) remain", str(messages[1].content))
+    repair = MAX_REPAIRS - int(remaining.group(1)) if remaining else 0
+    reasks = sum(1 for m in messages if m.type == "human") - 1
+    answers = [answer for answer, _, _ in PLAN[cycle]] if cycle < len(PLAN) else []
+    index = repair + reasks
+    return answers[index] if index < len(answers) else tool(FOCUSED_LLM)
 
-    def nth() -> Any:
+
+def capable_model(run_dir: Path) -> Callable[[list[Any]], Any]:
+    """The model for a run in `run_dir`: generate calls answered as PLAN says for the cycle the run is in (segments
+    ended so far, read from its trace). A pure function of the run's own state, so a run killed with SIGKILL and
+    resumed in a new process, replaying a node, gets the same answer again."""
+
+    def cycle() -> int:
         trace = run_dir / "trace.jsonl"
-        n = 0
-        if trace.exists():
-            for line in trace.read_text().splitlines():
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                n += event.get("kind") == "llm_call" and event.get("node") == "generate"
-        return GENERATE_ANSWERS[n] if n < len(GENERATE_ANSWERS) else tool(FOCUSED_LLM)
+        ended = 0
+        for line in trace.read_text().splitlines() if trace.exists() else []:
+            ended += '"kind": "segment_end"' in line
+        return ended - 1
 
-    return lambda messages: answer_for(messages, nth)
+    return lambda messages: answer_for(messages, lambda: planned(messages, cycle()))

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from capable_model import GOOD, PLAN, in_order
+from capable_model import GOOD, PLAN, capable_model
 from rich.console import Console
 from support import SyntheticExecutor, config
 
@@ -219,10 +219,11 @@ def capable_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, S
     """A Level-2 generate-mode run of 18 experiments in segments of 2 against the scripted capable model: eight
     cycles, each answered as PLAN says."""
     tmp_path = tmp_path_factory.mktemp("capable")
-    llm = ScriptedChatModel(script=[in_order()], cycle=True)
+    run_dir = tmp_path / "run"
+    llm = ScriptedChatModel(script=[capable_model(run_dir)], cycle=True)
     settings = config(tmp_path, level="2", iterations=17, segment=2, generate_mode="generate")
     final = execute(settings, llm=llm, executor=SyntheticExecutor())
-    return final, tmp_path / "run", llm
+    return final, run_dir, llm
 
 
 def test_every_realistic_module_is_injected_and_runs_as_the_propose_node(capable_run):
@@ -300,6 +301,115 @@ def test_mechanisms_listing_and_show_work_for_every_id(capable_run, monkeypatch)
 
 def test_a_finished_capable_run_resumes_to_the_same_end(capable_run):
     final, run_dir, _ = capable_run
-    llm = ScriptedChatModel(script=[in_order()], cycle=True)
+    llm = ScriptedChatModel(script=[capable_model(run_dir)], cycle=True)
     again = execute(RunConfig.load(run_dir), llm=llm, executor=SyntheticExecutor())
     assert again["inner"]["experiments"] == final["inner"]["experiments"] and not llm.calls
+
+
+OUTER_NODES = ("segment_start", "adjust", "analyze", "generate", "validate", "inject", "compare")  # their events
+
+
+def kinds(run_dir: Path) -> list[str]:
+    trace = run_dir / "trace.jsonl"
+    found = []
+    for line in trace.read_text().splitlines() if trace.exists() else []:
+        try:
+            found.append(json.loads(line)["kind"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_outer_node_then_resume_finishes_the_capable_run(tmp_path):
+    """kill -9 once right after each outer node writes its event (so the kill lands in it or the node after it),
+    each time resuming in a new process; the run still ends with every experiment once and the planned modules."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import soak
+
+    run_dir, iterations = tmp_path / "run", 9
+    command = [sys.executable, str(ROOT / "tests" / "capable_run.py"), str(run_dir), str(iterations), "0.2"]
+    landed = []
+    for node in OUTER_NODES:
+        seen = kinds(run_dir).count(node)
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and kinds(run_dir).count(node) == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended or failed before a {node} event: {proc.stderr.read()[-2000:]!r}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        landed.append(kinds(run_dir)[-1])
+    assert len(landed) == len(OUTER_NODES)
+    final = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    report = soak.check(run_dir, iterations + 1, synthetic=True)
+    assert report["ok"], report["problems"]
+    assert report["stop_reason"] == "all iterations done"
+    ledger = Ledger(run_dir)
+    injected = [e["mechanism"].split("@")[0] for e in ledger.events("inject") if e["injected"]]
+    assert injected == list(GOOD)[:4]  # four cycles: the plan's first four modules, each injected once
+    refused = [" ".join(e["errors"]) for e in ledger.events("validate") if not e["ok"]]
+    assert len(refused) == 2 and "def propose(view):" in refused[0] and "syntax error" in refused[1]
+    for mechanism_id in {e["mechanism"] for e in ledger.events("inject") if e["injected"]}:
+        assert any(c["mechanism"] == mechanism_id and c["ok"] for c in ledger.events("mechanism_call"))
+
+
+def test_the_docs_state_the_policys_rules_and_their_example_passes_validation():
+    docs = (ROOT / "docs" / "mechanisms.md").read_text()
+    for rule in policy.policy_rules():
+        assert f"- {rule.text}\n" in docs, f"docs/mechanisms.md does not state the rule {rule.key!r} as enforced"
+    example = re.search(r"## A worked example.*?```python\n(.*?)```", docs, re.S)
+    assert example is not None
+    report = validate_mechanism(example.group(1), SPACE, synthetic_trace(SPACE, 2), seed=0)
+    assert report.ok, report.errors
+
+
+def test_the_main_commands_take_a_surrogate_executor_and_label_its_results(tmp_path, monkeypatch):
+    import argparse
+
+    from support import change
+
+    from ablation.surrogate import SurrogateExecutor
+    from graphs.cli import add_run_flags, config_from
+    from graphs.report import write_report
+
+    samples = ROOT / "ablation" / "data" / "surrogate_samples.csv"
+    for bilevel in (True, False):  # python -m graphs.bilevel and python -m graphs.inner
+        ap = argparse.ArgumentParser()
+        add_run_flags(ap, bilevel=bilevel)
+        args = ap.parse_args(["--executor", f"surrogate:{samples.relative_to(ROOT)}", "--run-dir", str(tmp_path / "x")])
+        monkeypatch.chdir(ROOT)
+        assert config_from(args, bilevel=bilevel).executor == f"surrogate:{samples}"
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--executor", "surrogate:/no/such/samples.csv"])
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--executor", "cloud"])
+
+    surrogate = SurrogateExecutor.load(samples)  # fitted once for this test
+    monkeypatch.setattr(SurrogateExecutor, "load", classmethod(lambda cls, path: surrogate))
+    wrong = RunConfig(
+        run_dir=str(tmp_path / "wrong"), level="1", iterations=2, budget_s=5.0, executor=f"surrogate:{samples}"
+    )
+    with pytest.raises(ValueError, match="run it with --budget-s 20"):
+        execute(wrong, llm=ScriptedChatModel(script=[change("MATRIX_LR", 0.05)], cycle=True))
+
+    run_dir = tmp_path / "run"
+    settings = RunConfig(run_dir=str(run_dir), level="1", iterations=3, segment=4, budget_s=20.0,
+                         executor=f"surrogate:{samples}")  # fmt: skip
+    llm = ScriptedChatModel(script=[change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07)], cycle=True)
+    execute(settings, llm=llm)
+    rows = (run_dir / "results.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(row.split("\t")[4].startswith("[surrogate] ") for row in rows)
+    records = list(Ledger(run_dir).events("experiment"))
+    assert len(records) == 4 and all(r["surrogate"] == f"surrogate:{samples}" for r in records)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["surrogate"] is True and summary["executor"] == f"surrogate:{samples}"
+    report = write_report(run_dir).read_text()
+    assert report.startswith(f"# Run report: {run_dir.name} (surrogate)") and "no training happened" in report
