@@ -104,11 +104,15 @@ def detail(run: RunData, experiment_id: str) -> dict[str, Any] | None:
     if not run.folder.exists("experiments", folder_name):
         notes.append(f"experiments/{experiment_id}/ is missing (a packed run keeps only its ledger)")
     else:
+        missing = []
         for name, tail in (("diff.patch", None), ("log.txt", LOG_LINES), ("result.json", None), ("outcome.json", None)):
             text, why = read_file(run.folder, "experiments", folder_name, name, tail=tail)
             files[name] = pretty_json(text) if name.endswith(".json") else text
-            if why and not (name == "result.json" and files.get("outcome.json")):
-                notes.append(why)
+            if why:
+                missing.append((name, why))
+        # the executor's outcome.json carries the result and a log tail when the trainer wrote no files of its own
+        covered = {"result.json", "log.txt"} if files.get("outcome.json") else set()
+        notes += [why for name, why in missing if name not in covered or "missing" not in why]
     outcome = None
     if files.get("outcome.json"):
         try:

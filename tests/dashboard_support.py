@@ -32,9 +32,15 @@ SCRIPT = [
 ]
 
 
-def make_run(run_dir: Path, iterations: int = 9, level: str = "2") -> Path:
+def make_run(run_dir: Path, iterations: int = 9, level: str = "2", mechanism: str | None = "tabu") -> Path:
     config = RunConfig(
-        run_dir=str(run_dir), level=level, iterations=iterations, budget_s=1.0, segment=3, generate_mode="compose"
+        run_dir=str(run_dir),
+        level=level,
+        iterations=iterations,
+        budget_s=1.0,
+        segment=3,
+        generate_mode="compose",
+        mechanism=mechanism,
     )
     execute(config, llm=ScriptedChatModel(script=SCRIPT, cycle=True), executor=SyntheticExecutor())
     return run_dir

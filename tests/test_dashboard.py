@@ -90,14 +90,21 @@ def test_experiment_page_shows_diff_exchange_result_and_timing(client: TestClien
 
 
 def test_mechanism_page_shows_source_validation_and_verdict(client: TestClient, root: Path) -> None:
-    injected = [e for e in events(root / "run-a") if e["kind"] == "inject" and e.get("injected")]
-    assert injected, "the scripted run injects a mechanism"
-    mid = injected[0]["mechanism"]
-    page = client.get(f"/mechanism/{mid}/0/run-a").text
-    assert page.count('class="hl"') >= 3  # source, diagnosis, validation report
-    assert "injected, replacing" in page
-    start = client.get(f"/mechanism/{injected[0]['replaces']}/0/run-a").text
-    assert "built-in mechanism: its source" in start and '<span class="nf">propose</span>' in start
+    trace = events(root / "run-a")
+    injected = [e for e in trace if e["kind"] == "inject" and e.get("injected")]
+    if injected:  # validated in the sandbox: its folder holds source, diagnosis and validation report
+        page = client.get(f"/mechanism/{injected[0]['mechanism']}/0/run-a").text
+        assert page.count('class="hl"') >= 3
+        assert "injected, replacing" in page
+    else:  # refused by the validator on this machine: the refusal and its reason are on its page
+        refused = next(e for e in trace if e["kind"] == "validate" and not e["ok"])
+        page = client.get(f"/mechanism/{refused['mechanism']}/0/run-a").text
+        assert 'verdict-invalid">invalid' in page and f"invalid</span> at {refused['stage']}" in page
+    start = next(e for e in trace if e["kind"] == "segment_start")["mechanism"]
+    page = client.get(f"/mechanism/{start}/0/run-a").text
+    assert "built-in mechanism: its source" in page and '<span class="nf">propose</span>' in page
+    calls = sum(e["kind"] == "mechanism_call" and e["mechanism"] == start for e in trace)
+    assert f'calls (failed)</span><span class="value">{calls} (0)' in page
 
 
 def test_llm_page_counts_calls_and_failures(client: TestClient, root: Path) -> None:
