@@ -5,10 +5,10 @@ in a process of its own, exactly as `python train.py ...` would, only without pa
 
 A request: {"train_py": path, "args": [...], "log": path, "cwd": path, "memory_limit_bytes": int | null}.
 The worker answers two lines per request: {"pid": PID} as soon as the trial is forked (the trial leads its own
-process group, so the caller can kill it and everything it started), then {"pid": PID, "returncode": RC} when it
-ends (a negative RC is the signal that killed it). The trial's stdout and stderr go to `log`; it dies with the
-worker. The worker itself never runs a tensor operation: OpenMP's thread pool is not fork-safe, so every trial
-starts one of its own, as a fresh process does.
+process group, so the caller can kill it and everything it started), then {"pid": PID, "returncode": RC,
+"cpu_seconds": S} when it ends (a negative RC is the signal that killed it; S its CPU time, children included).
+The trial's stdout and stderr go to `log`; it dies with the worker. The worker itself never runs a tensor
+operation: OpenMP's thread pool is not fork-safe, so every trial starts one of its own, as a fresh process does.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
                 sys.stderr.flush()
                 os._exit(code)
         reply({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        reply({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
+        _, status, usage = os.wait4(pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime  # the caller's rusage never sees a grandchild's CPU time
+        reply({"pid": pid, "returncode": os.waitstatus_to_exitcode(status), "cpu_seconds": round(cpu, 3)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,74 @@
+"""The parent's side of the warm trial worker: trials run and time out like cold ones, and a dead worker is
+started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from test_gpt_train import EVAL_TOKENS, TINY, VOCAB, copy_train, tiny_corpus_env
+
+from trials.warm_worker import WarmWorker, WorkerError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawn(command: list[str], **popen) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, start_new_session=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return tiny_corpus_env(tmp_path_factory.mktemp("warm-worker"))
+
+
+@pytest.fixture()
+def worker(env: dict[str, str]):
+    w = WarmWorker(env["CORPUS"], VOCAB, env, ROOT, _spawn)
+    yield w
+    w.close()
+
+
+def _args(env: dict[str, str], folder: Path, budget: float) -> list[str]:
+    return ["--budget-s", str(budget), "--corpus", env["CORPUS"], "--vocab-size", str(VOCAB),
+            "--eval-tokens", str(EVAL_TOKENS), "--result-json", str(folder / "result.json")]  # fmt: skip
+
+
+def test_a_trial_runs_and_reports_its_own_cpu_time(worker: WarmWorker, env: dict[str, str], tmp_path: Path) -> None:
+    script = copy_train(tmp_path / "e0", **TINY)
+    run = worker.run(_args(env, script.parent, 3.0), script, script.parent / "log.txt", 8 << 30, timeout_s=300)
+    assert run.returncode == 0 and not run.timed_out, (script.parent / "log.txt").read_text()[-2000:]
+    assert run.cpu_seconds > 1.0  # it trained for seconds on this process's grandchild
+    assert json.loads((script.parent / "result.json").read_text())["val_bpb"] > 0
+    assert worker.preload_seconds is not None and worker.preload_seconds > 0
+
+
+def test_a_trial_past_its_timeout_is_killed_and_the_worker_serves_the_next(
+    worker: WarmWorker, env: dict[str, str], tmp_path: Path
+) -> None:
+    slow = copy_train(tmp_path / "slow", **TINY)
+    run = worker.run(_args(env, slow.parent, 200.0), slow, slow.parent / "log.txt", None, timeout_s=8)
+    assert run.timed_out and run.returncode == -signal.SIGKILL
+    fast = copy_train(tmp_path / "fast", **TINY)
+    assert worker.run(_args(env, fast.parent, 2.0), fast, fast.parent / "log.txt", None, timeout_s=300).returncode == 0
+
+
+def test_a_worker_that_dies_mid_trial_loses_it_as_an_error_and_starts_again(
+    worker: WarmWorker, env: dict[str, str], tmp_path: Path
+) -> None:
+    worker.start()
+    assert worker.proc is not None
+    killer = threading.Timer(3.0, os.kill, (worker.proc.pid, signal.SIGKILL))
+    killer.start()
+    slow = copy_train(tmp_path / "slow", **TINY)
+    with pytest.raises(WorkerError, match="exited"):
+        worker.run(_args(env, slow.parent, 200.0), slow, slow.parent / "log.txt", None, timeout_s=120)
+    killer.join()
+    script = copy_train(tmp_path / "e", **TINY)
+    run = worker.run(_args(env, script.parent, 2.0), script, script.parent / "log.txt", None, timeout_s=300)
+    assert run.returncode == 0

@@ -1,0 +1,1 @@
+"""Running trials: the parent's side of the processes that train candidates."""
