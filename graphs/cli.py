@@ -63,6 +63,12 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
     ap.add_argument("--max-llm-calls", type=int)
     ap.add_argument(
+        "--llm-max-tokens",
+        type=int,
+        help="the longest answer asked of the model, in tokens (default: 1024 for the embedded model, the endpoint's "
+        "own default otherwise); a slow endpoint needs it to answer a long prompt within the call's time limit",
+    )
+    ap.add_argument(
         "--llm-attempts",
         type=int,
         default=3,
@@ -126,6 +132,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,
         llm_attempts=args.llm_attempts,
+        llm_max_tokens=args.llm_max_tokens,
         max_llm_tokens=args.max_llm_tokens,
         noise_margin=args.noise_margin,
         mechanism=args.mechanism,

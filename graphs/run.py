@@ -64,7 +64,9 @@ def start_mechanism(config: RunConfig) -> MechanismRecord:
 
 
 def llm_settings(config: RunConfig) -> LLMSettings:
-    return LLMSettings.resolve(model=config.model, base_url=config.base_url, seed=config.seed)
+    return LLMSettings.resolve(
+        model=config.model, base_url=config.base_url, seed=config.seed, max_tokens=config.llm_max_tokens
+    )
 
 
 def execute(

@@ -363,8 +363,11 @@ def test_a_kill_at_every_outer_node_then_resume_finishes_the_capable_run(tmp_pat
 
 def test_the_docs_state_the_policys_rules_and_their_example_passes_validation():
     docs = (ROOT / "docs" / "mechanisms.md").read_text()
-    for rule in policy.policy_rules():
-        assert f"- {rule.text}\n" in docs, f"docs/mechanisms.md does not state the rule {rule.key!r} as enforced"
+    block = re.search(r"<!-- policy rules:[^\n]*-->\n(.*?)<!-- end of policy rules -->", docs, re.S)
+    expected = "".join(f"- {rule.text}\n" for rule in policy.policy_rules())
+    assert block is not None and block.group(1) == expected, (
+        "docs/mechanisms.md states other rules than mechanisms/policy.py enforces; its block should read:\n" + expected
+    )
     example = re.search(r"## A worked example.*?```python\n(.*?)```", docs, re.S)
     assert example is not None
     report = validate_mechanism(example.group(1), SPACE, synthetic_trace(SPACE, 2), seed=0)
