@@ -16,6 +16,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from mechanisms.base import MechanismError, declared_header
 from mechanisms.policy import MAX_NAME_CHARS
 from mechanisms.space import SearchSpace
 from nodes.context import OuterContext
@@ -150,7 +151,7 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         space=space_table(ctx.inner.space, inner.get("incumbent", {}), frozen),
         segment=ctx.segment,
         repairs=max(0, ctx.max_repairs - repairs),
-        source=mechanism_source(state["active"], ctx.inner.ledger.root),
+        source=active_source(state, ctx),
         repair=repair,
     )
     answer = ctx.inner.ask(
@@ -175,6 +176,13 @@ def write_module(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         repair_round=repairs,
     )
     return {"candidate": record, "candidate_source": source}
+
+
+def active_source(state: OuterState, ctx: OuterContext) -> str:
+    try:
+        return mechanism_source(state["active"], ctx.inner.ledger.root)
+    except (OSError, MechanismError) as e:  # a prompt without it beats a run that stops
+        return f"# (the active mechanism's source could not be read: {e})"
 
 
 def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[str]) -> str:
@@ -247,8 +255,11 @@ def _tidy(source: str) -> str:
 def record_name(source: str) -> str:
     """The mechanism's name: the module's own NAME, its single source. A module without a usable NAME is refused by
     the validator; its record is named "unnamed" so that its folder can still keep it."""
-    match = _NAME_LINE.search(source)
-    name = match.group("name") if match else ""
+    try:
+        name = declared_header(source)[0]  # as the validator and the loader read it (the last top-level NAME)
+    except (MechanismError, RecursionError, MemoryError, ValueError):
+        match = _NAME_LINE.search(source)
+        name = match.group("name") if match else ""
     return name if name.isidentifier() and len(name) <= MAX_NAME_CHARS else "unnamed"
 
 
