@@ -392,7 +392,8 @@ def test_a_huge_request_to_the_model_is_cut_before_it_reaches_it() -> None:
         "    except Exception as error:\n"
         "        return {'changes': {'DEPTH': 5}, 'hypothesis': str(error), 'expected_direction': 'lower'}\n"
     )
-    mech = SandboxedMechanism(MechanismSpec.from_source(source), FAST)
+    # the time limit is not what is tested here: the run-time linter's tracer sees each of the 100,000 thaw calls
+    mech = SandboxedMechanism(MechanismSpec.from_source(source), SandboxLimits(wall_s=10, startup_s=10, cpu_s=10))
     payload = view_payload(trace=[], space=SPACE, incumbent=SPACE.defaults(), best_bpb=None, iteration=0, seed=1)
 
     def ask(guidance: str, constraints: Any) -> dict[str, Any]:
