@@ -100,6 +100,14 @@ def timeline(run: RunData, *, link: Callable[[str], str]) -> str:
         for it in m["iterations"]:
             if isinstance(it, int):
                 parts.append(f'<line class="call-tick" x1="{x(it)}" x2="{x(it)}" y1="{yy + 8}" y2="{yy + 22}"/>')
+        for d in m["decisions"]:
+            end = (d.get("segment") or {}).get("last") if d.get("kind") == "compare" else None
+            if isinstance(end, int):  # the verdict after its trial segment, at the segment's end
+                kept = d.get("event") == "kept"
+                mark = {"class": f"verdict {'kept' if kept else 'rolled'}", "x": x(end - 0.5), "y": yy + 20}
+                parts.append(
+                    tag("text", {**mark, "text-anchor": "middle"}, "✓" if kept else "✗", title=d.get("evidence"))
+                )
     bottom = T + row * len(mechanisms)
     parts += x_axis(
         x, [v for v in ticks(0, n - 1, 10) if v == int(v) and not math.isnan(v)], bottom, "experiment", right=W - R

@@ -126,6 +126,8 @@ def box(node: str, x: int, mid: int, badge: str | None, current: bool) -> str:
         f'<text x="{x + NODE_W / 2}" y="{mid + NODE_H / 2 + 5}" text-anchor="middle">{esc(label(node))}</text>',
     ]
     if badge:
+        cx = x + NODE_W / 2
+        parts.append(f'<line class="badge-leader" x1="{cx}" x2="{cx}" y1="{BADGE_ROW - 2}" y2="{mid}"/>')
         parts.append(
             f'<text class="badge" x="{x + NODE_W / 2}" y="{BADGE_ROW - 6}" text-anchor="middle">{esc(badge)}</text>'
         )

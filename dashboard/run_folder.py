@@ -157,6 +157,8 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
                 "segments": [],
                 "decisions": [],
                 "verdict": "start",
+                "kept": 0,
+                "rolled_back": 0,
             },
         )
 
@@ -191,6 +193,7 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
             u = entry(mid)
             u["decisions"].append(e)
             u["verdict"] = "kept" if e.get("event") == "kept" else "rolled back"
+            u["kept" if e.get("event") == "kept" else "rolled_back"] += 1
             if e.get("event") != "kept" and replaced.get(mid):
                 active = replaced[mid]
         elif kind == "validate":

@@ -69,8 +69,8 @@ def test_run_page_draws_graphs_staircase_and_tables(client: TestClient, root: Pa
     points = re.findall(
         r'<a href="/experiment/(e\d{4})/0/run-a" data-id="e\d{4}"><(circle|path) class="pt st-(\w+) src-(\w+)', page
     )
-    assert [p[0] for p in points] == [r["id"] for r in records]
-    assert {p[3] for p in points} >= {"baseline", "llm", "mechanism"}
+    assert [(p[0], p[3]) for p in points] == [(r["id"], r["proposal_source"]) for r in records]
+    assert {p[3] for p in points} >= {"baseline", "llm"}
     assert any(p[2] == "crash" and p[1] == "path" for p in points)
     assert 'class="baseline"' in page and 'class="segment seg-' in page
     rows = re.findall(r'<tr data-status="(\w+)" data-source="(\w+)" data-id="(e\d{4})">', page)
@@ -102,7 +102,9 @@ def test_mechanism_page_shows_source_validation_and_verdict(client: TestClient, 
         assert 'verdict-invalid">invalid' in page and f"invalid</span> at {refused['stage']}" in page
     start = next(e for e in trace if e["kind"] == "segment_start")["mechanism"]
     page = client.get(f"/mechanism/{start}/0/run-a").text
-    assert "built-in mechanism: its source" in page and '<span class="nf">propose</span>' in page
+    assert '<span class="nf">propose</span>' in page  # its source, highlighted
+    folder = root / "run-a" / "mechanisms" / start.replace("@", "-")
+    assert ("built-in mechanism: its source" in page) == (not folder.exists())  # never injected: the built-in's
     calls = sum(e["kind"] == "mechanism_call" and e["mechanism"] == start for e in trace)
     assert f'calls (failed)</span><span class="value">{calls} (0)' in page
 

@@ -104,12 +104,20 @@ def not_blank(png: bytes) -> None:
     assert background < 0.9, f"{background:.0%} of the screenshot is one colour"
 
 
-def shoot(browser: Browser, name: str) -> bytes:
-    png: bytes = browser.page.screenshot(full_page=True)
+def shoot(browser: Browser, name: str | None, until: str | None = None) -> bytes:
+    """A full-page screenshot (down to the end of `until`); with DASHBOARD_SCREENSHOTS set, also written there as a
+    256-colour PNG."""
+    box = browser.page.locator(until).bounding_box() if until else None
+    clip = {"x": 0, "y": 0, "width": 1360, "height": box["y"] + box["height"] + 12} if box else None
+    png: bytes = browser.page.screenshot(full_page=True, clip=clip)  # type: ignore[arg-type]
     folder = os.environ.get("DASHBOARD_SCREENSHOTS")
-    if folder:
+    if folder and name:
+        from PIL import Image
+
         Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"{name}.png").write_bytes(png)
+        Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256).save(
+            Path(folder) / f"{name}.png", optimize=True
+        )
     return png
 
 
@@ -128,7 +136,7 @@ def test_pages_render_graphs_charts_and_tables(browser: Browser, base_url: str, 
     assert page.locator("#staircase a[data-id]").count() == len(records)
     assert page.locator("#staircase polyline.best").count() == 1
     assert page.locator("#experiments-table tbody tr").count() == len(records)
-    not_blank(shoot(browser, "run-synthetic"))
+    not_blank(shoot(browser, None))
 
     # sorting and filtering happen in the page
     page.locator("#experiments-table th", has_text="val_bpb").click()
@@ -160,7 +168,8 @@ def test_pages_render_graphs_charts_and_tables(browser: Browser, base_url: str, 
 
     page.goto(base_url + "/run/0/ablation-real/runs/C-r01")
     page.wait_for_selector("#staircase svg")
-    not_blank(shoot(browser, "run"))
+    not_blank(shoot(browser, "run", until="#progress"))
+    shoot(browser, "run-full")
 
     page.goto(base_url + "/compare?a=0/ablation-real/runs/A-r01&b=0/ablation-real/runs/C-r01")
     assert page.locator(".side svg.staircase").count() == 2
