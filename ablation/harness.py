@@ -1,7 +1,8 @@
 """The paired ablation: every group x repeat is one run of `graphs.run.execute`, in its own run folder.
 
-Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random" and "tpe" are the classical baselines, run at
-level 1 with their built-in mechanism as the proposer. All of them go through the same `execute`: the same segments,
+Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random" and "tpe" are the classical baselines, and
+"local" the LLM proposer's seeded fallback step alone, all three run at level 1 with their built-in mechanism as the
+proposer. All of them go through the same `execute`: the same segments,
 the same baseline experiment, the same keep/discard rule; only the level (or the proposer) differs. Repeat r uses the
 same seed in every group (paired design). The noise floor is measured first.
 
@@ -40,13 +41,15 @@ from mechanisms.space import SearchSpace
 from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
 from nodes.ledger import write_atomic, write_json_atomic
-from nodes.llm import EMBEDDED_MAX_TOKENS, LLMSettings, ServerWatchdog, open_chat_model
+from nodes.llm import EMBEDDED_MAX_TOKENS, LLMSettings, embedded_watchdog, open_chat_model
 from nodes.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
 from nodes.scripted_model import ScriptedChatModel
 from nodes.train import read_outcome_file
 from nodes.trainer import REPO_ROOT, Executor, TrainerSettings, Trial
 
-BASELINES = {"random": "random_search", "tpe": "tpe"}
+# Groups run at level 1 with a built-in proposer that never asks a model: the classical baselines, and "local" (the
+# LLM proposer's own seeded fallback step alone: what the model's choice adds over chance, on the same options)
+BASELINES = {"random": "random_search", "tpe": "tpe", "local": "local_search"}
 NO_MODEL = "none: this run never asks a model (any call fails)"
 GROUP_NAMES = (*GROUPS, *BASELINES)
 NOISE_SEED = 10_000  # noise-floor seeds: far from the repeats' seeds
@@ -387,7 +390,7 @@ def embedded_model(threads: int, root: Path) -> Iterator[tuple[BaseChatModel, st
     with LocalModelServer(n_threads=threads, log_path=root / "llm_server.log") as server:
         settings = LLMSettings.resolve(model=MODEL_ALIAS, base_url=server.base_url, max_tokens=EMBEDDED_MAX_TOKENS)
         with open_chat_model(settings) as (llm, _):
-            watched = llm.model_copy(update={"callbacks": [ServerWatchdog(server)]})
+            watched = llm.model_copy(update={"callbacks": [embedded_watchdog(server)]})
             yield watched, f"embedded {MODEL_ALIAS} ({server.model_path.name}), n_threads {threads}"
 
 

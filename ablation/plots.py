@@ -16,7 +16,15 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from ablation.figures import family, group_runs  # noqa: E402
 
-COLOURS = {"A": "#264653", "B": "#2a9d8f", "C": "#e76f51", "D": "#f4a261", "random": "#8d99ae", "tpe": "#6a4c93"}
+COLOURS = {
+    "A": "#264653",
+    "B": "#2a9d8f",
+    "C": "#e76f51",
+    "D": "#f4a261",
+    "random": "#8d99ae",
+    "tpe": "#6a4c93",
+    "local": "#b5838d",
+}
 
 
 def colour(group: str) -> str:

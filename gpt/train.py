@@ -28,25 +28,25 @@ import torch.nn.functional as F
 from gpt import runtime
 
 # ---- hyperparameters: the inner loop edits this block ----
-DEPTH = 4  # int [1, 24]
-ASPECT_RATIO = 64  # int [16, 128]
-HEAD_DIM = 64  # choice [32, 64, 128]
-SEQ_LEN = 256  # choice [64, 128, 256, 512, 1024, 2048]
-TOTAL_BATCH_TOKENS = 8192  # int [1024, 1048576] log multiple_of DEVICE_BATCH_SIZE*SEQ_LEN
-DEVICE_BATCH_SIZE = 16  # int [1, 256] log
-OPTIMIZER = "muon"  # choice ["muon", "adamw"]
-MATRIX_LR = 0.04  # float [0.0005, 0.2] log
-EMBEDDING_LR = 0.6  # float [0.01, 3.0] log
-UNEMBEDDING_LR = 0.004  # float [0.0001, 1.0] log
-SCALAR_LR = 0.5  # float [0.01, 2.0] log
-WEIGHT_DECAY = 0.0  # float [0.0, 0.5]
-MUON_MOMENTUM = 0.95  # float [0.8, 0.99]
-ADAM_BETA1 = 0.8  # float [0.5, 0.99]
-ADAM_BETA2 = 0.95  # float [0.8, 0.999]
-WARMUP_FRAC = 0.0  # float [0.0, 0.3]
-WARMDOWN_FRAC = 0.5  # float [0.0, 1.0]
-FINAL_LR_FRAC = 0.0  # float [0.0, 1.0]
-LOGIT_SOFTCAP = 15.0  # float [0.0, 50.0]
+DEPTH = 4  # int [1, 24]; transformer blocks: deeper learns more per step but runs slower
+ASPECT_RATIO = 64  # int [16, 128]; model width per block of depth (width = DEPTH * ASPECT_RATIO)
+HEAD_DIM = 64  # choice [32, 64, 128]; width of one attention head
+SEQ_LEN = 256  # choice [64, 128, 256, 512, 1024, 2048]; context length in tokens
+TOTAL_BATCH_TOKENS = 8192  # int [1024, 1048576] log multiple_of DEVICE_BATCH_SIZE*SEQ_LEN; tokens per optimizer step
+DEVICE_BATCH_SIZE = 16  # int [1, 256] log; sequences per micro-batch (accumulated up to the total)
+OPTIMIZER = "muon"  # choice ["muon", "adamw"]; optimizer of the block matrices
+MATRIX_LR = 0.04  # float [0.0005, 0.2] log; learning rate of the block matrices
+EMBEDDING_LR = 0.6  # float [0.01, 3.0] log; learning rate of the token embedding
+UNEMBEDDING_LR = 0.004  # float [0.0001, 1.0] log; learning rate of the output head
+SCALAR_LR = 0.5  # float [0.01, 2.0] log; learning rate of the per-block residual scalars
+WEIGHT_DECAY = 0.0  # float [0.0, 0.5]; weight decay of the block matrices
+MUON_MOMENTUM = 0.95  # float [0.8, 0.99]; momentum of Muon
+ADAM_BETA1 = 0.8  # float [0.5, 0.99]; AdamW's gradient averaging (first moment)
+ADAM_BETA2 = 0.95  # float [0.8, 0.999]; AdamW's squared-gradient averaging (second moment)
+WARMUP_FRAC = 0.0  # float [0.0, 0.3]; share of the budget warming the learning rate up
+WARMDOWN_FRAC = 0.5  # float [0.0, 1.0]; share of the budget, at the end, decaying the learning rate
+FINAL_LR_FRAC = 0.0  # float [0.0, 1.0]; final learning rate as a share of the peak
+LOGIT_SOFTCAP = 15.0  # float [0.0, 50.0]; tanh cap on the output logits (0: off)
 # ---- end of hyperparameters ----
 
 

@@ -30,9 +30,9 @@ TARGETS = ("propose", "decide")
 ORIGINS = ("builtin", "composed", "generated")
 # Composable built-ins: offered to the outer loop's compose mode, held to the generated-code policy and the 1-3 rule.
 BUILTIN_NAMES = ("llm_greedy", "tabu", "bandit", "doe", "annealing", "stagnation")
-# Classical baselines of the ablation: trusted code in process (TPE uses optuna), whole configurations per proposal
-# (their modules declare MAX_CHANGES = None), started with --mechanism, never offered to the outer loop.
-BASELINE_NAMES = ("random_search", "tpe")
+# Baselines of the ablation: trusted code in process (TPE uses optuna), started with --mechanism, never offered to the
+# outer loop; random search and TPE propose whole configurations (their modules declare MAX_CHANGES = None).
+BASELINE_NAMES = ("random_search", "tpe", "local_search")
 ALL_BUILTIN_NAMES = BUILTIN_NAMES + BASELINE_NAMES
 PROPOSAL_KEYS = frozenset({"changes", "hypothesis", "expected_direction", "edits"})
 DECISION_KEYS = frozenset({"keep", "reason"})

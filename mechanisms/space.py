@@ -1,9 +1,10 @@
 """The search space: parsed from the constants block of gpt/train.py, the single declaration of what may change.
 
-Each line of the block is ``NAME = literal  # kind [bounds or choices] [log] [frozen]`` with kinds ``int``, ``float``,
-``choice`` and ``bool``. Values are read with ``ast`` (literals and simple arithmetic such as ``2**14``), comments with
-``tokenize``. Every name a mechanism or the LLM uses is checked against this space, so keys always match the real
-parameter names.
+Each line of the block is ``NAME = literal  # kind [bounds or choices] [log] [frozen] [; what it means]`` with kinds
+``int``, ``float``, ``choice`` and ``bool``; the text after the first ``;`` outside brackets and quotes is a short human
+comment (the prompts reuse it). Values are read with ``ast`` (literals and simple arithmetic such as ``2**14``),
+comments with ``tokenize``. Every name a mechanism or the LLM uses is checked against this space, so keys always
+match the real parameter names.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ BEGIN_MARKER = "# ---- hyperparameters: the inner loop edits this block ----"
 END_MARKER = "# ---- end of hyperparameters ----"
 KINDS = ("int", "float", "choice", "bool")
 MAX_CHANGES = 3
+LOG_FACTORS = (0.5, 0.7, 1.4, 2.0)  # one-parameter steps of a log-scale numeric (see SearchSpace.steps)
+GRID_STEPS = (-2, -1, 1, 2)  # ... and of a linear one, in grid steps
 GROUP_ORDER = ("architecture", "optimisation", "schedule", "batch", "other")
 # First matching rule wins; a name matches a rule when one of its "_"-separated tokens is in the rule's set.
 _GROUP_RULES: tuple[tuple[str, frozenset[str]], ...] = (
@@ -152,6 +155,7 @@ class Param:
     frozen: bool = False
     default: Any = None
     multiple_of: tuple[str, ...] = ()  # int only: the value is a multiple of these (integer) parameters' product
+    doc: str = ""  # what the parameter means, in a few words (the human part of its declaration)
 
     def __post_init__(self) -> None:
         errors = _param_errors(self)
@@ -313,6 +317,7 @@ class SearchSpace:
                     "frozen": p.frozen,
                     "default": p.default,
                     "multiple_of": list(p.multiple_of),
+                    "doc": p.doc,
                 }
                 for p in self.params
             ]
@@ -578,6 +583,64 @@ class SearchSpace:
                 out.append(value)
         return out
 
+    def grid_step(self, name: str) -> float:
+        """The step of a linear numeric parameter: a round number near a tenth of its range (a twentieth, at least
+        1, for ints)."""
+        p = self[name]
+        if p.kind not in ("int", "float"):
+            raise SpaceError(f"{name} is a {p.kind}: grid steps apply to int and float")
+        span = float(p.high - p.low)  # type: ignore[operator]
+        if p.kind == "int":
+            return max(1, int(_round_number(span / 20))) if span else 1
+        return _round_number(span / 10) if span else 0.0
+
+    def steps(self, config: Mapping[str, Any], name: str, frozen: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The one-parameter steps of ``name`` from ``config``, as admissible changes, ordered by the new value.
+
+        On the parameter's own scale: x0.5, x0.7, x1.4, x2 for log-scale numerics (3 significant digits), -2, -1,
+        +1, +2 grid steps for linear ones (``grid_step``), the other choices of a choice, the other value of a bool.
+        Each step is in range, differs from the current value and keeps every ``multiple_of`` rule with the rest of
+        ``config`` unchanged; only when no step does are steps that need a rule's repair kept (the repaired
+        parameter is then one of the changes). Empty when ``name`` (or what a repair would move) is frozen."""
+        p = self[name]
+        current = config.get(name, p.default)
+        if p.kind == "bool":
+            raw: list[Any] = [not current]
+        elif p.kind == "choice":
+            raw = [c for c in p.choices if not _same(c, current)]
+        elif p.log:
+            raw = [current * f for f in LOG_FACTORS]
+        else:
+            raw = [current + k * self.grid_step(name) for k in GRID_STEPS]
+        alone: list[dict[str, Any]] = []
+        repaired: list[dict[str, Any]] = []
+        for value in raw:
+            if p.kind == "int":
+                value = int(round(value))
+            elif p.kind == "float":
+                value = float(f"{value:.3g}") if p.log else float(f"{value:.10g}")
+            full = self.repair({**config, name: value})
+            changes = {k: v for k, v in full.items() if k in self and not _same(v, config.get(k, self[k].default))}
+            if name not in changes or self.check_changes(changes, config, frozen, max_changes=None):
+                continue
+            if any(_same(changes[name], c[name]) for c in (*alone, *repaired)):
+                continue
+            (alone if len(changes) == 1 else repaired).append({name: changes.pop(name), **changes})
+        found = alone or repaired
+        if p.kind in ("int", "float"):
+            found.sort(key=lambda c: c[name])
+        return found
+
+
+def _round_number(x: float) -> float:
+    """The number of the 1-2-5 series nearest ``x`` in log scale."""
+    if x <= 0:
+        return 0.0
+    exponent = math.floor(math.log10(x))
+    candidates = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 2, 5)]
+    best = min(candidates, key=lambda c: abs(math.log(c / x)))
+    return float(f"{best:.12g}")
+
 
 def _coerce_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
@@ -618,6 +681,7 @@ def _parse_line(line: str, number: int) -> Param:
     if len(comments) != 1:
         raise SpaceError(f"{where}: needs a trailing comment '# kind [bounds] [log] [frozen]'")
     code = line.strip()[: comments[0].start[1]]
+    declaration, doc = split_declaration(comments[0].string[1:].strip())
     try:
         tree = ast.parse(code)
     except SyntaxError as exc:
@@ -628,7 +692,7 @@ def _parse_line(line: str, number: int) -> Param:
     name = stmt.targets[0].id
     try:
         default = _eval_node(stmt.value, ast.unparse(stmt.value))
-        kind, bounds, flags = _parse_comment(comments[0].string[1:].strip())
+        kind, bounds, flags = _parse_comment(declaration)
         if kind in ("int", "float"):
             if len(bounds) != 2:
                 raise SpaceError(f"{kind} needs [low, high]")
@@ -638,16 +702,37 @@ def _parse_line(line: str, number: int) -> Param:
             multiple = tuple(flags.get("multiple_of", ()))
             if multiple and kind != "int":
                 raise SpaceError("multiple_of applies to int parameters only")
-            return Param(name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default, multiple)
-        if kind == "choice":
             return Param(
-                name, kind, choices=tuple(bounds), frozen="frozen" in flags, log="log" in flags, default=default
+                name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default, multiple, doc
+            )
+        if kind == "choice":
+            choices = tuple(bounds)
+            return Param(
+                name, kind, choices=choices, frozen="frozen" in flags, log="log" in flags, default=default, doc=doc
             )
         if bounds:
             raise SpaceError("bool takes no bounds")
-        return Param(name, kind, frozen="frozen" in flags, log="log" in flags, default=default)
+        return Param(name, kind, frozen="frozen" in flags, log="log" in flags, default=default, doc=doc)
     except SpaceError as exc:
         raise SpaceError(f"{where}: {exc}") from exc
+
+
+def split_declaration(comment: str) -> tuple[str, str]:
+    """``kind [bounds] flags; what it means`` -> (declaration, human comment): split at the first ``;`` that is
+    outside brackets and quotes (a choice may contain one)."""
+    depth, quote = 0, ""
+    for i, char in enumerate(comment):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        elif char == ";" and depth == 0:
+            return comment[:i].strip(), comment[i + 1 :].strip()
+    return comment.strip(), ""
 
 
 def _parse_comment(body: str) -> tuple[str, list[Any], dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The `adjust` node (Level 1.5): the LLM sets the inner loop's strategy, frozen parameters and guidance — never
-values — from per-parameter statistics; caps keep enough parameters active."""
+values — from per-parameter statistics; caps keep enough parameters active. The embedded model answers with enums
+only (a strategy, one parameter to freeze, one to unfreeze; no free-text guidance), so every answer is admissible."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from nodes.context import OuterContext
-from nodes.prompts import ADJUST_SYSTEM, ADJUST_USER
+from nodes.prompts import ADJUST_SYSTEM, ADJUST_USER, COMPACT_ADJUST_SYSTEM, COMPACT_ADJUST_USER
 from nodes.segment_stats import parameter_stats
 from nodes.state import OuterState
 from nodes.structured import LLMBudgetExhausted
@@ -25,6 +26,25 @@ def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:
         "guidance": (str, Field(default="", description="one or two sentences for the proposer")),
     }
     return create_model("Adjustment", **fields)
+
+
+def compact_schema(free: tuple[str, ...], frozen: list[str]) -> type[BaseModel]:
+    """The embedded model's answer: a strategy, at most one parameter to freeze and one to unfreeze, every field an
+    enum (so every answer is an admissible adjustment; the caps still apply)."""
+    fields: dict[str, Any] = {
+        "strategy": (Literal["explore", "exploit", "focused"], Field(description="how the next segment searches")),
+        "freeze": (Literal[("none", *(n for n in free if n not in frozen))], Field(description="stop changing")),
+        "unfreeze": (Literal[("none", *frozen)], Field(description="change again")),
+    }
+    return create_model("Adjustment", **fields)
+
+
+def compact_stats(stats: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, s in stats.items():
+        effect = "n/a" if s["mean_effect"] is None else f"{s['mean_effect']:+.4f}"
+        lines.append(f"{name}: tried {s['tried']}, kept {s['kept']}, crashed {s['crashed']}, mean change {effect}")
+    return "\n".join(lines) or "(nothing changed yet)"
 
 
 def apply_caps(
@@ -53,17 +73,26 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     settings: dict[str, Any] = dict(inner.get("settings", {}))
     free = ctx.inner.space.free_names()
     segments = state.get("segments", [])
-    prompt = ADJUST_USER.format(
-        stats=json.dumps(parameter_stats(inner.get("experiments", [])), indent=1),
-        frozen=settings.get("frozen") or "none",
-        strategy=settings.get("strategy", "explore"),
-        best=inner.get("best_bpb"),
-        n=len(inner.get("experiments", [])),
-        progress=segments[-1]["progress"] if segments else "n/a",
-    )
+    stats = parameter_stats(inner.get("experiments", []))
+    frozen_now = list(settings.get("frozen", []))
+    figures = {
+        "frozen": ", ".join(frozen_now) or "none",
+        "strategy": settings.get("strategy", "explore"),
+        "best": inner.get("best_bpb"),
+        "n": len(inner.get("experiments", [])),
+        "progress": segments[-1]["progress"] if segments else "n/a",
+    }
+    compact = ctx.inner.compact
+    if compact:
+        schema, system = compact_schema(free, frozen_now), COMPACT_ADJUST_SYSTEM
+        never = [n for n in free if n not in stats]
+        prompt = COMPACT_ADJUST_USER.format(stats=compact_stats(stats), never=", ".join(never) or "none", **figures)
+    else:
+        schema, system = adjustment_schema(free), ADJUST_SYSTEM
+        prompt = ADJUST_USER.format(stats=json.dumps(stats, indent=1), **figures)
     try:
         answer = ctx.inner.ask(
-            adjustment_schema(free), ADJUST_SYSTEM, prompt, node="adjust", level="L1.5", cycle=state.get("cycle", 0)
+            schema, system, prompt, node="adjust", level="L1.5", by_construction=compact, cycle=state.get("cycle", 0)
         )
     except LLMBudgetExhausted as e:
         return {"stop_reason": str(e)}
@@ -77,15 +106,13 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
         )
         return {}
     value: Any = answer.value
-    frozen, notes = apply_caps(
-        list(settings.get("frozen", [])),
-        list(value.freeze),
-        list(value.unfreeze),
-        free,
-        ctx.max_new_freezes,
-        ctx.min_active,
+    freeze, unfreeze = (
+        ([value.freeze] if value.freeze != "none" else [], [value.unfreeze] if value.unfreeze != "none" else [])
+        if compact
+        else (list(value.freeze), list(value.unfreeze))
     )
-    new_settings = {"strategy": value.strategy, "frozen": frozen, "guidance": value.guidance}
+    frozen, notes = apply_caps(frozen_now, freeze, unfreeze, free, ctx.max_new_freezes, ctx.min_active)
+    new_settings = {"strategy": value.strategy, "frozen": frozen, "guidance": "" if compact else value.guidance}
     ctx.inner.ledger.event(
         "adjust", cycle=state.get("cycle", 0), applied=True, before=settings, after=new_settings, cap_notes=notes
     )

@@ -51,6 +51,14 @@ class InnerContext:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     llm_level: str = "L1"
     llm_attempts: int = 3  # answers asked for per structured call (the first, then re-asks) before a fallback
+    # "values": enumerated steps, every answer valid (the embedded model); "free": any value, checked and re-asked
+    # (capable endpoints); "moves": enumerated increase/decrease x small/large (measured, not a default)
+    proposal_style: str = "free"
+
+    @property
+    def compact(self) -> bool:
+        """Whether the LLM gets the short, enumerated prompts and schemas (the embedded model)."""
+        return self.proposal_style in ("values", "moves")
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -64,10 +72,12 @@ class InnerContext:
         node: str,
         level: str | None = None,
         check: Callable[[T], str | None] | None = None,
+        by_construction: bool = False,
         **trace_fields: Any,
     ) -> StructuredAnswer[T]:
         """A validated structured answer of this run's LLM, every attempt recorded in the trace (with
-        `trace_fields`) and charged to the run's budget."""
+        `trace_fields`) and charged to the run's budget. `by_construction`: every answer the schema admits is valid,
+        so an answer is never re-asked (only an endpoint failure is)."""
 
         def record(entry: dict[str, Any]) -> None:
             self.ledger.event(entry.pop("event", "llm_call"), **trace_fields, **entry)
@@ -81,7 +91,8 @@ class InnerContext:
             budget=self.budget,
             record=record,
             check=check,
-            max_attempts=self.llm_attempts,
+            max_attempts=min(self.llm_attempts, 2) if by_construction else self.llm_attempts,
+            max_answers=1 if by_construction else None,
         )
 
 

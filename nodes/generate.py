@@ -16,13 +16,20 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from mechanisms.base import MechanismError, declared_header
+from mechanisms.base import MechanismError, builtin_info, declared_header
 from mechanisms.policy import MAX_NAME_CHARS
 from mechanisms.space import SearchSpace
 from nodes.context import OuterContext
 from nodes.mechanism_calls import mechanism_record
 from nodes.mechanism_loader import builtin_catalogue, builtin_source, coerce_builtin_params, mechanism_source
-from nodes.prompts import COMPOSE_SYSTEM, COMPOSE_USER, GENERATE_SYSTEM, GENERATE_USER
+from nodes.prompts import (
+    COMPACT_COMPOSE_SYSTEM,
+    COMPACT_COMPOSE_USER,
+    COMPOSE_SYSTEM,
+    COMPOSE_USER,
+    GENERATE_SYSTEM,
+    GENERATE_USER,
+)
 from nodes.state import OuterState
 from nodes.structured import LLMBudgetExhausted
 
@@ -56,7 +63,73 @@ def _families(active: str) -> str:
     return "\n".join(lines) + f"\n(active: {active})"
 
 
+def composition_options(active_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """label -> (family, parameters): each propose family with its defaults, and with one parameter moved to its
+    largest step down or up (`SearchSpace.steps` of the family's parameter schema) or to another choice; the
+    mechanism already running is left out, so every label is a valid, new composition."""
+    options: dict[str, tuple[str, dict[str, Any]]] = {}
+    for family, entry in builtin_catalogue().items():
+        if entry["target"] != "propose":
+            continue
+        schema = builtin_info(family).schema
+        variants: list[dict[str, Any]] = [{}]
+        for name in schema.names if schema is not None else ():
+            steps = schema.steps(schema.defaults(), name)  # type: ignore[union-attr]
+            variants += [steps[0], steps[-1]] if len(steps) > 1 else steps
+        for variant in variants:
+            params = coerce_builtin_params(family, variant) if variant else {}
+            if mechanism_record(family, "composed", builtin_source(family), params)["id"] == active_id:
+                continue
+            label = family + "".join(f" {k}={v}" for k, v in variant.items())
+            options[label] = (family, params)
+    return options
+
+
+def compose_enumerated(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
+    """Compose mode for the embedded model: one enum of compositions (`composition_options`), one short call."""
+    diagnosis = state.get("diagnosis") or {}
+    options = composition_options(state["active"]["id"])
+    docs = {n: e["doc"] for n, e in builtin_catalogue().items() if e["target"] == "propose"}
+    prompt = COMPACT_COMPOSE_USER.format(
+        bottleneck=diagnosis.get("bottleneck"),
+        evidence=diagnosis.get("evidence"),
+        ideas="; ".join(diagnosis.get("ideas", [])),
+        families="\n".join(f"{name}: {doc}" for name, doc in docs.items()),
+        options="\n".join(options),
+        active=state["active"]["name"],
+    )
+    fields: dict[str, Any] = {"mechanism": (Literal[tuple(options)], Field(description="the composition"))}
+    answer = ctx.inner.ask(
+        create_model("Composition", **fields),
+        COMPACT_COMPOSE_SYSTEM,
+        prompt,
+        node="generate",
+        level="L2",
+        by_construction=True,
+        cycle=state.get("cycle", 0),
+    )
+    value: Any = answer.value
+    if value is None:
+        family = _family_for(diagnosis, tuple(docs), state["active"]["name"])
+        params, rationale, source = {}, "fallback: the LLM gave no valid composition", "fallback"
+    else:
+        (family, params), rationale, source = options[value.mechanism], f"chose {value.mechanism}", "llm"
+    record = mechanism_record(family, "composed", builtin_source(family), params)
+    ctx.inner.ledger.event(
+        "generate",
+        cycle=state.get("cycle", 0),
+        mode="compose",
+        candidate=record,
+        rationale=rationale,
+        source=source,
+        errors=answer.errors,
+    )
+    return {"candidate": record, "candidate_source": builtin_source(family)}
+
+
 def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
+    if ctx.inner.compact:
+        return compose_enumerated(state, ctx)
     diagnosis = state.get("diagnosis") or {}
     catalogue = {n: e for n, e in builtin_catalogue().items() if e["target"] == "propose"}
     families = tuple(catalogue)

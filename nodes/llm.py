@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import openai
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -28,7 +29,13 @@ from nodes.scripted_model import ScriptedChatModel
 SCRIPTED = "scripted"
 EMBEDDED_MAX_TOKENS = 1024  # the embedded model decodes ~67 tokens/s on 2 cores: cap a rambling answer at ~15 s
 DEFAULT_TIMEOUT_S = 180.0
-CLIENT_MAX_RETRIES = 1  # `ask_structured` re-asks and records each attempt; the client itself retries once
+# The client never retries on its own: `ask_structured` re-asks, and records and charges every request it makes.
+CLIENT_MAX_RETRIES = 0
+# The embedded model's call time limit follows from its measured speed (`CallTimer`): the expected time of the
+# prompt and of a full answer, times the slowdown seen on recent calls, times a safety factor.
+TIME_SAFETY = 3.0
+MIN_CALL_TIMEOUT_S = 10.0
+CHARS_PER_TOKEN = 3.0  # characters per prompt token, on the low side (SmolLM2's tokenizer: ~4 on English text)
 
 BASE_URL_ENV = ("BILEVEL_LLM_BASE_URL", "OPENAI_BASE_URL")
 MODEL_ENV = ("BILEVEL_LLM_MODEL", "OPENAI_MODEL")
@@ -112,25 +119,84 @@ def open_chat_model(
     elif settings.base_url is None:
         with LocalModelServer(log_path=server_log) as server:
             max_tokens = settings.max_tokens or EMBEDDED_MAX_TOKENS
-            llm = _client(settings, server.base_url, "local", max_tokens, [ServerWatchdog(server)])
+            llm = _client(settings, server.base_url, "local", max_tokens, [embedded_watchdog(server, max_tokens)])
             yield llm, _embedded_description(server)
     else:
         llm = _client(settings, settings.base_url, settings.api_key or "none", settings.max_tokens, [])
         yield llm, f"{settings.model} at {settings.base_url}"
 
 
+@dataclass
+class CallTimer:
+    """How long a call to the embedded model may take: prompt tokens at the measured prompt speed plus a full answer
+    at the measured decode speed, times the slowdown observed on recent calls (a busy machine), times
+    `TIME_SAFETY`."""
+
+    prompt_tps: float
+    decode_tps: float
+    max_tokens: int = EMBEDDED_MAX_TOKENS
+    slowdown: float = 1.0
+
+    def expected_s(self, prompt_tokens: float, answer_tokens: float) -> float:
+        return 0.2 + prompt_tokens / self.prompt_tps + answer_tokens / self.decode_tps
+
+    def limit_s(self, prompt_tokens: float) -> float:
+        return max(MIN_CALL_TIMEOUT_S, TIME_SAFETY * self.slowdown * self.expected_s(prompt_tokens, self.max_tokens))
+
+    def observe(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+        """Learn the machine's current slowdown from a call that answered (a cached prompt prefix only makes a
+        call faster than expected, which lowers the estimate slowly)."""
+        if prompt_tokens <= 0 or seconds <= 0:
+            return
+        ratio = seconds / self.expected_s(prompt_tokens, completion_tokens)
+        self.slowdown = max(1.0, 0.5 * self.slowdown + 0.5 * ratio)
+
+
+def prompt_tokens_estimate(messages: Sequence[Any]) -> float:
+    """An upper estimate of a conversation's prompt tokens from its characters (the chat template adds a few)."""
+    chars = sum(len(str(getattr(m, "content", m))) for m in messages)
+    return chars / CHARS_PER_TOKEN + 16 * len(messages)
+
+
 class ServerWatchdog(BaseCallbackHandler):
-    """Before every chat call, restart the embedded server if it died; a failed restart propagates."""
+    """The embedded server's guard: before every chat call, restart the server if it died (a failed restart
+    propagates); bound every call by a time limit from the measured speed (`call_limits`); and after a call the
+    client abandoned (a timeout), restart the server, so the abandoned prompt does not keep it busy and the
+    next call does not queue behind work nobody waits for."""
 
     raise_error = True
 
-    def __init__(self, server: LocalModelServer) -> None:
+    def __init__(self, server: LocalModelServer, timer: CallTimer | None = None) -> None:
         self.server = server
+        self.timer = timer
+        self.abandoned = 0
 
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
         self.server.ensure_alive()
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if isinstance(error, openai.APITimeoutError):
+            self.abandoned += 1
+            self.server.restart()
+
+    def call_limits(self, llm: BaseChatModel, messages: Sequence[Any]) -> BaseChatModel:
+        """`llm` with this call's time limit (an OpenAI client request option), when a timer is set."""
+        if self.timer is None or not isinstance(llm, ChatOpenAI):
+            return llm
+        limit = round(self.timer.limit_s(prompt_tokens_estimate(messages)), 1)
+        return llm.model_copy(update={"model_kwargs": {**llm.model_kwargs, "timeout": limit}})
+
+    def observe_call(self, prompt_tokens: int, completion_tokens: int, seconds: float, ok: bool) -> None:
+        if self.timer is not None and ok:
+            self.timer.observe(prompt_tokens, completion_tokens, seconds)
+
+
+def embedded_watchdog(server: LocalModelServer, max_tokens: int = EMBEDDED_MAX_TOKENS) -> ServerWatchdog:
+    """The watchdog of a started embedded server, its call timer calibrated by measuring the server's speed."""
+    prompt_tps, decode_tps = server.measure_speed()
+    return ServerWatchdog(server, CallTimer(prompt_tps, decode_tps, max_tokens))
 
 
 def _client(

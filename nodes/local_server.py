@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -41,6 +42,9 @@ DEFAULT_N_THREADS = 2
 SERVER_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "llama_cpp.server")
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_CHARS = 3_000
+# Speed of SmolLM2-135M Q4_1 on 2 quiet cores (tokens/s): what a call's time limit assumes when it cannot measure
+NOMINAL_PROMPT_TPS = 178.0
+NOMINAL_DECODE_TPS = 67.0
 
 
 class LocalServerError(LLMFatalError):
@@ -97,6 +101,7 @@ class LocalModelServer:
         self.launcher = tuple(launcher)
         self.start_seconds: float | None = None  # how long the last start took until the server answered
         self.restarts = 0
+        self.speed: tuple[float, float] | None = None  # (prompt, decode) tokens/s, when measured
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()
 
@@ -170,6 +175,31 @@ class LocalModelServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def measure_speed(self, prompt_words: int = 200, answer_tokens: int = 24) -> tuple[float, float]:
+        """(prompt tokens/s, decode tokens/s) measured now: a new prompt with a one-token answer, then the same
+        prompt (its prefix cached by the server) with a longer answer. Speeds include the request's overhead, so
+        they err on the slow side; the nominal 2-core figures stand in if the server does not answer."""
+        prompt = "Count the words: " + " ".join(f"w{i % 97}" for i in range(prompt_words))
+        try:
+            prompt_tokens, _, first_s = self._complete(prompt, 1)
+            _, answered, second_s = self._complete(prompt, answer_tokens)
+        except (OSError, ValueError, KeyError):
+            return NOMINAL_PROMPT_TPS, NOMINAL_DECODE_TPS
+        prompt_tps = prompt_tokens / first_s if prompt_tokens and first_s > 0 else NOMINAL_PROMPT_TPS
+        decode_tps = answered / second_s if answered and second_s > 0 else NOMINAL_DECODE_TPS
+        self.speed = (round(prompt_tps, 1), round(decode_tps, 1))
+        return self.speed
+
+    def _complete(self, prompt: str, max_tokens: int) -> tuple[int, int, float]:
+        body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60.0) as response:
+            usage = json.loads(response.read())["usage"]
+        return int(usage["prompt_tokens"]), int(usage["completion_tokens"]), time.perf_counter() - started
 
     def log_tail(self) -> str:
         try:

@@ -20,6 +20,28 @@ Best val_bpb so far: {best}
 {extra}
 Propose the next experiment: 1 to 3 changes, a one-sentence hypothesis, and the expected direction of val_bpb."""
 
+# The embedded model's prompts: short, the stable part first (llama.cpp reuses the evaluated prefix of the previous
+# prompt: the system text, then the options, which change only when the incumbent does), the answer format spelled
+# out (the model never sees the tool schema: the server turns it into a grammar, not into prompt text).
+COMPACT_PROPOSE_SYSTEM = """You tune a small GPT language model. Each experiment trains it for a fixed time and
+measures val_bpb: lower is better. The parameters:
+{meanings}
+You choose the next experiment: one parameter and one of the new values listed for it."""
+
+COMPACT_PROPOSE_USER = """Options (parameter = current value: new values to choose from):
+{options}
+
+Recent experiments (change: val_bpb, verdict):
+{history}
+Best val_bpb: {best}
+{steering}Answer as {{"step": "<parameter>{sep}<one of its options>"}}."""
+
+STRATEGY_HINTS = {
+    "explore": "Prefer a parameter not changed recently.",
+    "exploit": "Prefer the parameters whose changes were kept.",
+    "focused": "Stay with the parameters whose changes were kept.",
+}
+
 CODE_SYSTEM = """You are a machine-learning researcher improving the training script of a small GPT language model.
 Each experiment trains for a fixed wall-clock budget and is scored by validation bits per byte (lower is better).
 You return 1 to 3 search/replace edits of train.py: each search text must occur exactly once in the file.
@@ -54,6 +76,18 @@ Best val_bpb: {best} after {n} experiments; the last segment improved it by {pro
 
 Return the strategy, parameters to freeze and to unfreeze, and guidance."""
 
+COMPACT_ADJUST_SYSTEM = """You steer an automated search that tunes a small GPT language model (val_bpb: lower is
+better). You never choose values. You choose the strategy of the next segment (explore: broad changes; exploit: small
+steps around the best; focused: only the parameters that helped) and may freeze one parameter (stop changing it) and
+unfreeze one."""
+
+COMPACT_ADJUST_USER = """Per parameter (mean change: of val_bpb against the best at the time, negative is good):
+{stats}
+Never changed: {never}
+Frozen: {frozen}
+Strategy now: {strategy}. Best val_bpb {best} after {n} experiments; the last segment improved it by {progress}.
+Answer as {{"strategy": "<strategy>", "freeze": "<parameter or none>", "unfreeze": "<parameter or none>"}}."""
+
 ANALYZE_SYSTEM = """You are a research engineer who improves automated search procedures. You read the code of a
 search loop and the trace of what it did, and you find what holds the search back: repeated proposals, a parameter
 never explored, steps too small to escape the noise, stagnation, crashes. Then you suggest search mechanisms from
@@ -72,7 +106,24 @@ Per-parameter statistics: {stats}
 Recent experiments (newest last):
 {history}
 
-Return the bottleneck, the evidence from the trace, and 1 to 4 mechanism ideas."""
+Findings the trace's figures support (id: bottleneck (evidence); ideas):
+{findings}
+
+Return the id of the finding that holds the search back most, and 1 to 4 mechanism ideas."""
+
+COMPACT_ANALYZE_SYSTEM = """You review an automated search that tunes a small GPT language model (val_bpb: lower is
+better). From findings measured on its trace you choose the one that holds the search back most, and a mechanism
+idea that would help."""
+
+COMPACT_ANALYZE_USER = """Findings (id: what holds the search back (evidence); ideas that fit):
+{findings}
+
+Ideas:
+{ideas}
+
+Recent experiments (change: val_bpb, verdict):
+{history}
+Answer as {{"finding": "<finding id>", "idea": "<idea>"}}."""
 
 COMPOSE_SYSTEM = """You choose the search mechanism for the next segment of an automated hyperparameter search. You pick
 one mechanism family from the list and set its parameters (names from the family's list, values as text)."""
@@ -222,6 +273,19 @@ def _generate_system() -> str:
 
 
 TRACE_STATUSES = ("keep", "discard", "crash", "running")  # "running": a proposal of the current batch, not trained
+COMPACT_COMPOSE_SYSTEM = """You choose the search mechanism for the next segment of an automated search that tunes
+a small GPT language model. You pick one option: a mechanism family, with its default parameters or one changed."""
+
+COMPACT_COMPOSE_USER = """Diagnosis: {bottleneck} ({evidence}). Ideas: {ideas}.
+
+Families:
+{families}
+
+Options (the active mechanism, {active}, is not among them):
+{options}
+
+Answer as {{"mechanism": "<option>"}}."""
+
 GENERATE_SYSTEM = _generate_system()
 
 GENERATE_USER = """Diagnosis of the search so far:

@@ -131,33 +131,53 @@ def ask_structured(
     record: Record,
     check: Callable[[T], str | None] | None = None,
     max_attempts: int = 3,
+    max_answers: int | None = None,
 ) -> StructuredAnswer[T]:
     """Ask `llm` for an instance of `schema`; re-ask on any failure; `fallback=True` after `max_attempts` failures.
 
     `check(value)` returns an error string to reject a parsed value (e.g. a no-op or out-of-range proposal).
+    `max_answers` caps the model answers that may be rejected (1 for a schema whose every answer is valid: an
+    invalid one then means an endpoint that ignores the grammar, and re-asking it rarely mends); endpoint failures
+    count against `max_attempts` only. The client's own retries are off (`nodes.llm`): every request is an attempt
+    here, recorded and charged. A callback of `llm` with `call_limits(llm, messages)` bounds each request (time
+    limit, answer tokens) and `observe_call(prompt_tokens, completion_tokens, seconds, ok)` learns from it.
     Raises `LLMBudgetExhausted` when the budget does not allow the next attempt, and lets `LLMFatalError` and
     configuration errors of the endpoint (authentication, unknown model) propagate.
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-    structured = llm.with_structured_output(schema, method="function_calling", include_raw=True)
+    limiter = _callback_with(llm, "call_limits")
     conversation = list(messages)
     answer: StructuredAnswer[T] = StructuredAnswer(value=None, attempts=0)
+    rejected = 0
     for number in range(1, max_attempts + 1):
         budget.reserve_call(node=node, level=level)
+        client = limiter.call_limits(llm, conversation) if limiter is not None else llm
+        structured = client.with_structured_output(schema, method="function_calling", include_raw=True)
         attempt = _attempt(structured, schema, conversation, check)
         usage = _usage(attempt.raw)
         budget.charge(*usage)
         _account(answer, attempt, usage)
+        if limiter is not None and hasattr(limiter, "observe_call"):
+            limiter.observe_call(*usage, attempt.latency_s, attempt.error is None)
         record(_event(llm, attempt, usage, node=node, level=level, number=number))
         if attempt.error is None:
             answer.value = attempt.value  # type: ignore[assignment]
             return answer
         answer.errors.append(attempt.error)
         if not attempt.endpoint_failed:  # after an endpoint failure the model saw nothing: re-ask as it was
+            rejected += 1
+            if max_answers is not None and rejected >= max_answers:
+                break
             conversation.append(_rejection(schema, attempt))
     answer.fallback = True
     return answer
+
+
+def _callback_with(llm: BaseChatModel, method: str) -> Any:
+    """The first callback of `llm` that offers `method` (the embedded server's watchdog does), or None."""
+    callbacks = getattr(llm, "callbacks", None)
+    return next((cb for cb in callbacks or () if callable(getattr(cb, method, None))), None)
 
 
 def _attempt(

@@ -109,13 +109,15 @@ CALLS: dict[str, tuple[Any, dict[str, Any]]] = {
         },
     ),
     "analyze": (
-        {"bottleneck": "repeats", "evidence": "trace", "ideas": ["tabu search"]},
+        {"finding": "uneven", "ideas": ["tabu search"]},
         {
             "empty": "",
-            "truncated JSON": truncated("Diagnosis", '{"bottleneck": "rep'),
-            "wrong types": {"bottleneck": ["x"], "evidence": 1, "ideas": "one"},
-            "enormous strings": {"bottleneck": HUGE, "evidence": "e", "ideas": ["i"]},
-            "too many ideas": {"bottleneck": INJECTION, "evidence": "e", "ideas": [INJECTION] * 9},
+            "truncated JSON": truncated("Diagnosis", '{"finding": "cra'),
+            "wrong types": {"finding": ["crashes"], "ideas": "one"},
+            "enormous strings": {"finding": "crashes", "ideas": [HUGE]},
+            "too many ideas": {"finding": "crashes", "ideas": [INJECTION] * 9},
+            "a finding the trace does not support": {"finding": "repeats", "ideas": ["tabu search"]},
+            "free text as the diagnosis": {"finding": INJECTION, "ideas": ["tabu search"]},
         },
     ),
     "generate": (
