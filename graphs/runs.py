@@ -43,6 +43,7 @@ class RunConfig:
     max_llm_tokens: int | None = None
     llm_attempts: int = 3  # answers asked for per structured call before its recorded fallback
     llm_max_tokens: int | None = None  # the longest answer asked for (None: the embedded cap, the provider's default)
+    proposal_style: str = "auto"  # "values" | "free" | "moves" | "auto" (values for the embedded model)
     noise_margin: float = 0.0
     mechanism: str | None = None  # a built-in name or a path: the inner loop starts with it
     generate_mode: str = "auto"  # "compose" | "generate" | "auto" (compose for the embedded model)
