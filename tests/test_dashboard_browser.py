@@ -159,7 +159,9 @@ def test_pages_render_graphs_charts_and_tables(browser: Browser, base_url: str, 
 
     page.goto(base_url + "/llm/0/run-a")
     assert page.locator("svg.latency .call").count() == sum(e["kind"] == "llm_call" for e in events(runs / "run-a"))
-    shoot(browser, "llm-calls")
+    page.goto(base_url + "/llm/0/ablation-real/runs/C-r01")  # a real run: the embedded model's tokens and latency
+    assert page.locator("#llm-nodes tbody tr").count() >= 3
+    shoot(browser, "llm-calls", until="#latency")
 
     page.goto(base_url + "/ablation/0/ablation-real")
     assert page.locator("#groups-table tbody tr").count() == 3
