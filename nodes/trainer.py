@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from gpt.prepare import cache_root
 from mechanisms import jail
 from nodes.local_server import spawn_tied
 from nodes.machine_load import other_share, snapshot
+from trials.warm_worker import WarmWorker, WorkerError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_MEANINGS = {2: "invalid configuration", 3: "diverged (NaN or exploding loss)"}
@@ -157,7 +160,8 @@ def training_jail(settings: TrainerSettings, folder: Path) -> tuple[jail.Jail, j
     cache.mkdir(parents=True, exist_ok=True)
     devices = () if settings.device == "cpu" else tuple(sorted(str(p) for p in Path("/dev").glob("nvidia*")))
     box = jail.Jail(
-        read_only=(str(REPO_ROOT / "gpt"), str(cache_root() / "data")),
+        # the prepared data and the machine's profile (gpt/machine.py): read, never written, by a candidate
+        read_only=(str(REPO_ROOT / "gpt"), str(cache_root() / "data"), str(cache_root() / "machine-profiles.json")),
         writable=(str(folder), str(cache)),
         env=sandboxed_env(settings),
         cwd=str(folder),
@@ -210,24 +214,86 @@ def run_training(settings: TrainerSettings, folder: Path) -> dict[str, Any]:
     return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
 
 
+def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tuple[dict[str, Any], float]:
+    """Like `run_training`, the trial forked from a warm worker; also the trial's own CPU seconds (the worker reaps
+    it, so this process's rusage does not count them). Falls back to a cold start when the worker fails."""
+    result_json, log = folder / "result.json", folder / "log.txt"
+    result_json.unlink(missing_ok=True)
+    log.write_text("")
+    start = time.monotonic()
+    command = settings.command(folder / "train.py", result_json)
+    try:
+        run = worker.run(command[2:], folder / "train.py", log, settings.memory_limit_bytes, settings.timeout_s)
+    except WorkerError as e:
+        outcome = run_training(settings, folder)
+        return {**outcome, "warm_worker": f"failed, trained cold: {e}"}, 0.0
+    outcome = read_outcome(result_json, log, run.returncode or 0, run.timed_out, time.monotonic() - start,
+                           settings.timeout_s)  # fmt: skip
+    return {**outcome, "warm_worker": "used"}, run.cpu_seconds
+
+
 class LocalExecutor:
     """Runs a trial in a child process group on this machine; a timeout, an error or Ctrl-C kills the whole group
     (see `spawn_tied`: the kernel kills it too when this process dies). A batch runs
     `parallel` trials at a time (default 1: on a small CPU, parallel trials only slow each other down). A trial run
-    on its own records `other_cpu_share`, the share of the machine's CPU that went to anything else meanwhile."""
+    on its own records `other_cpu_share`, the share of the machine's CPU that went to anything else meanwhile.
 
-    def __init__(self, parallel: int = 1) -> None:
+    With `warm=True` each slot keeps a warm trial worker (`trials/warm_worker.py`): torch, its compiler and the data
+    are loaded once, and every parameter-mode trial is forked from it into its own process group. Code-mode trials
+    (LLM-written train.py) always start cold, inside the OS sandbox."""
+
+    def __init__(self, parallel: int = 1, warm: bool = False) -> None:
         self.parallel = parallel
+        self.warm = warm
+        self.idle: queue.SimpleQueue[WarmWorker] = queue.SimpleQueue()
+        self.workers: list[WarmWorker] = []
+        weakref.finalize(self, _close_all, self.workers)
 
     def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
         return run_in_threads(self, trials, settings, self.parallel)
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         folder = trial.folder.resolve()  # the child runs in the folder: its paths must not be relative
-        before = snapshot() if self.parallel == 1 else None
-        outcome = run_training(settings, folder)
-        share = other_share(before, snapshot()) if before is not None else None
+        worker = self._worker(settings) if self.warm and not settings.sandbox else None
+        before = snapshot() if self.parallel == 1 else None  # after the worker's start-up: not the trial's machine
+        trial_cpu = 0.0
+        if worker is not None:
+            try:
+                outcome, trial_cpu = run_warm(settings, folder, worker)
+            finally:
+                self.idle.put(worker)
+        else:
+            outcome = run_training(settings, folder)
+        share = other_share(before, snapshot(), own_extra_s=trial_cpu) if before is not None else None
         return outcome if share is None else {**outcome, "other_cpu_share": share}
+
+    def _worker(self, settings: TrainerSettings) -> WarmWorker:
+        """A free worker for trainings like `settings` (same corpus, vocabulary and environment)."""
+        wanted = WarmWorker(settings.corpus, settings.vocab_size, trainer_env(settings.extra_env), REPO_ROOT,
+                            spawn_tied)  # fmt: skip
+        while True:
+            try:
+                worker = self.idle.get_nowait()
+            except queue.Empty:
+                break
+            if worker.key() == wanted.key():
+                return worker
+            worker.close()  # other settings: its data and environment are not this trial's
+            self.workers.remove(worker)
+        self.workers.append(wanted)
+        try:
+            wanted.start()
+        except WorkerError:  # the trial then starts cold (run_warm falls back) and the next one tries again
+            pass
+        return wanted
+
+    def close(self) -> None:
+        _close_all(self.workers)
+
+
+def _close_all(workers: list[WarmWorker]) -> None:
+    for worker in workers:
+        worker.close()
 
 
 def read_outcome(
