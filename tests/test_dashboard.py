@@ -36,6 +36,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_run(runs / "run-a")
     with tarfile.open(REPO / "docs/results/ablation-real.tar.gz") as tar:
         tar.extractall(runs, filter="data")
+    shutil.copytree(
+        REPO / "docs/results/ablation-real", runs / "ablation-real" / "report"
+    )  # what `ablation report` wrote
     (base / "secret.txt").write_text(SECRET)
     return runs
 
@@ -124,6 +127,11 @@ def test_ablation_page_has_groups_with_intervals_and_runs(client: TestClient) ->
         assert f'<tr data-group="{group}"><td>{group}</td>' in page
     assert 'class="chart forest"' in page and 'class="chart curves"' in page
     assert 'href="/run/0/ablation-real/runs/C-r00"' in page
+    figures = re.findall(r'<img src="(/file/0/ablation-real/report/[\w.]+\.png)"', page)
+    assert len(figures) == len(list((REPO / "docs/results/ablation-real").glob("*.png")))
+    png = client.get(figures[0])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    assert client.get("/file/0/ablation-real/report/report.md").status_code == 404  # only the PNG figures
     run = client.get("/run/0/ablation-real/runs/C-r00").text
     assert "noise floor: the baseline re-trained 5×" in run  # the ablation's noise floor drawn on its runs
     assert "experiments/e0001/ is missing" in client.get("/experiment/e0001/0/ablation-real/runs/C-r00").text
@@ -219,9 +227,11 @@ def test_traversal_is_refused(root: Path) -> None:
     (link_dir / "log.txt").symlink_to(root.parent / "secret.txt")  # a file link pointing out of the folder
     (root / "escape").symlink_to(root.parent, target_is_directory=True)  # a folder link pointing out
     (root / "run-a" / "mechanisms" / "leak").symlink_to(root.parent, target_is_directory=True)
+    (root / "ablation-real" / "report" / "leak.png").symlink_to(root.parent / "secret.txt")
     try:
         with serve([root]) as base:
-            for path in [*TRAVERSALS, "/run/0/escape", "/experiment/e0001/0/run-a", "/run/0/escape/runs/run-a"]:
+            extra = ["/run/0/escape", "/experiment/e0001/0/run-a", "/run/0/escape/runs/run-a"]
+            for path in [*TRAVERSALS, *extra, "/file/0/ablation-real/report/leak.png"]:
                 status, body = raw_get(base, path)
                 assert SECRET not in body, path
                 assert "Traceback" not in body, path
@@ -230,7 +240,9 @@ def test_traversal_is_refused(root: Path) -> None:
             assert status == 200 and "resolves outside the served folder" in body
             assert raw_get(base, "/run/0/escape")[0] == 403
             assert raw_get(base, "/run/0/%2e%2e/secret.txt")[0] == 403
+            assert raw_get(base, "/file/0/ablation-real/report/leak.png")[0] == 403
     finally:
+        (root / "ablation-real" / "report" / "leak.png").unlink()
         (link_dir / "log.txt").unlink()
         (root / "escape").unlink()
         (root / "run-a" / "mechanisms" / "leak").unlink()
