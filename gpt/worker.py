@@ -28,8 +28,9 @@ from typing import IO, Any
 PR_SET_PDEATHSIG = 1
 
 
-def preload(corpus: str | None, vocab_size: int | None) -> None:
-    """What every trial would otherwise import and load for itself."""
+def preload(corpus: str | None, vocab_size: int | None) -> str | None:
+    """What every trial would otherwise import and load for itself; why the data could not be loaded, if not (each
+    trial then loads, or fails to load, its own)."""
     import numpy  # noqa: F401
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401  (torch.compile's front end)
@@ -37,14 +38,20 @@ def preload(corpus: str | None, vocab_size: int | None) -> None:
 
     from gpt import evaluate, prepare, runtime  # noqa: F401
 
-    if corpus is not None and vocab_size is not None:
+    if corpus is None:
+        return None
+    vocab_size = vocab_size or prepare.DEFAULT_VOCAB_SIZE
+    try:
         # loaded here once and shared by every fork, copy-on-write; a trial asking for other data loads its own
         loaded, load = prepare.load_data(corpus, vocab_size), prepare.load_data
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
 
-        def load_data(c: str = prepare.DEFAULT_CORPUS, v: int = prepare.DEFAULT_VOCAB_SIZE) -> prepare.Data:
-            return loaded if (c, v) == (corpus, vocab_size) else load(c, v)
+    def load_data(c: str = prepare.DEFAULT_CORPUS, v: int = prepare.DEFAULT_VOCAB_SIZE) -> prepare.Data:
+        return loaded if (c, v) == (corpus, vocab_size) else load(c, v)
 
-        prepare.load_data = load_data  # type: ignore[assignment]
+    prepare.load_data = load_data  # type: ignore[assignment]
+    return None
 
 
 def _die_with_parent() -> None:
@@ -126,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     _die_with_parent()
     started = time.time()
-    preload(args.corpus, args.vocab_size)
-    print(json.dumps({"ready": True, "preload_seconds": time.time() - started}), flush=True)
+    data_error = preload(args.corpus, args.vocab_size)
+    ready = {"ready": True, "preload_seconds": round(time.time() - started, 3), "data_error": data_error}
+    print(json.dumps(ready), flush=True)
     serve(sys.stdin, sys.stdout)
     return 0
 

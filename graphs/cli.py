@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,6 +56,18 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     )
     ap.add_argument(
         "--parallel", type=int, help="trials in flight at once (default: 1 locally; on Ray, what the cluster admits)"
+    )
+    ap.add_argument(
+        "--cold-trials",
+        action="store_true",
+        help="start every local training as a fresh process (default: fork parameter-mode trials from a warm worker)",
+    )
+    ap.add_argument(
+        "--proposal-style",
+        choices=["auto", "values", "free", "moves"],
+        default="auto",
+        help="values: the LLM picks one of the listed steps around the best (every answer valid; auto for the "
+        "embedded model); free: any value, checked and re-asked (auto for other endpoints)",
     )
     ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
@@ -128,6 +141,8 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         executor=args.executor,
         ray_address=args.ray_address,
         parallel=args.parallel,
+        proposal_style=args.proposal_style,
+        warm_worker=not args.cold_trials,
         model=args.model,
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,
@@ -142,7 +157,10 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
     )
 
 
-def print_summary(run_dir: Path) -> None:
+LABELS = {"llm": "by the model", "mechanism": "by a mechanism", "fallback": "fallback steps"}
+
+
+def print_summary(run_dir: Path, elapsed_s: float | None = None) -> None:
     data = json.loads((run_dir / "summary.json").read_text())
     table = Table(title=f"run {run_dir}")
     table.add_column("figure")
@@ -159,7 +177,35 @@ def print_summary(run_dir: Path) -> None:
     for event in data.get("history", []):
         table.add_row(f"cycle {event['cycle']}", f"{event['event']} {event['mechanism']}")
     console.print(table)
+    sources = data.get("proposal_sources") or {}
+    proposals = sum(sources.values())
+    if proposals:
+        parts = ", ".join(f"{sources[k]} {LABELS.get(k, k)}" for k in sorted(sources, key=lambda k: -sources[k]))
+        console.print(
+            f"proposals from the model: [bold]{sources.get('llm', 0)} of {proposals}[/] "
+            f"({sources.get('llm', 0) / proposals:.0%}; {parts})"
+        )
+    if elapsed_s is not None:
+        console.print(f"total time: [bold]{elapsed_s / 60:.1f} min[/] ({elapsed_s:.0f} s)")
     console.print(f"run folder: [bold]{run_dir}[/]  (report: python -m graphs.bilevel report {run_dir})")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying the run's folder for the resume command."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = str(run_dir)
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    folder = getattr(e, "run_dir", None)
+    console.print(
+        "[yellow]interrupted: the run folder and its checkpoint are consistent; "
+        f"continue with `python -m graphs.bilevel resume {folder or 'RUN_DIR'}`[/]",
+        highlight=False,
+    )
+    return 130
 
 
 def main_run(argv: list[str], *, bilevel: bool) -> int:
@@ -174,9 +220,13 @@ def main_run(argv: list[str], *, bilevel: bool) -> int:
         f"{config.budget_s:g} s" + (f" [yellow](surrogate: {config.executor.split(':', 1)[1]})[/]"
                                   if config.executor.startswith("surrogate:") else "")
     )
-    execute(config, inner_only=not bilevel)
+    started = time.monotonic()
+    try:
+        execute(config, inner_only=not bilevel)
+    except KeyboardInterrupt:
+        raise RunInterrupted(config.run_dir) from None
     write_report(Path(config.run_dir))
-    print_summary(Path(config.run_dir))
+    print_summary(Path(config.run_dir), time.monotonic() - started)
     return 0
 
 
@@ -196,6 +246,7 @@ def main_resume(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     config = RunConfig.load(args.run_dir)
     console.print(f"resuming {args.run_dir}")
+    started = time.monotonic()
     try:
         if args.from_ledger:
             note = resume_from_ledger(config)
@@ -204,8 +255,10 @@ def main_resume(argv: list[str]) -> int:
     except (CheckpointError, LedgerError) as e:
         console.print(f"[red]{e}[/]", highlight=False)
         return 2
+    except KeyboardInterrupt:
+        raise RunInterrupted(args.run_dir) from None
     write_report(args.run_dir)
-    print_summary(args.run_dir)
+    print_summary(args.run_dir, time.monotonic() - started)
     return 0
 
 
@@ -298,16 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     except FATAL_ERRORS as e:
         console.print(f"[red]error:[/] {e}")
         return 2
-    except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted: the run folder and its checkpoint are consistent; "
-            "continue with `python -m graphs.bilevel resume RUN_DIR`[/]"
-        )
-        return 130
+    except KeyboardInterrupt as e:
+        return interrupted(e)
 
 
 def main_inner(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "resume":
-        return main_resume(argv[1:])
-    return main_run(argv, bilevel=False)
+    try:
+        if argv and argv[0] == "resume":
+            return main_resume(argv[1:])
+        return main_run(argv, bilevel=False)
+    except KeyboardInterrupt as e:
+        return interrupted(e)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -170,7 +171,7 @@ def executor_for(config: RunConfig) -> Executor:
         from nodes.ray_executor import RayExecutor
 
         return RayExecutor(config.ray_address or "auto", parallel=config.parallel)
-    return LocalExecutor(parallel=config.parallel or 1)
+    return LocalExecutor(parallel=config.parallel or 1, warm=config.warm_worker)
 
 
 def sandbox_needs(config: RunConfig, inner_only: bool) -> list[str]:
@@ -229,6 +230,7 @@ def summary(final: dict[str, Any], budget: dict[str, Any], inner_only: bool, exe
         "delta_bpb": (best - baseline) if best is not None and baseline is not None else None,
         "kept": sum(e["status"] == "keep" for e in experiments[1:]),
         "crashes": sum(e["status"] == "crash" for e in experiments),
+        "proposal_sources": dict(Counter(str(e.get("proposal_source") or "unknown") for e in experiments[1:])),
         "llm": budget,
         "stop_reason": final.get("stop_reason"),
         "segments": final.get("segments", []),

@@ -37,6 +37,7 @@ class RunConfig:
     executor: str = "local"  # "local" (child processes here) | "ray" (a Ray cluster: docs/ray.md) | "surrogate:PATH"
     ray_address: str | None = None  # for "ray": "auto" (default), "host:6379", "ray://host:10001"
     parallel: int | None = None  # trials in flight at once; None: 1 locally, as many as the cluster admits on Ray
+    warm_worker: bool = True  # local parameter-mode trials fork from a warm worker (torch and data loaded once)
     model: str | None = None
     base_url: str | None = None
     max_llm_calls: int | None = None

@@ -62,13 +62,16 @@ def snapshot() -> CpuSnapshot | None:
     )
 
 
-def other_share(before: CpuSnapshot | None, after: CpuSnapshot | None, cpus: int | None = None) -> float | None:
+def other_share(
+    before: CpuSnapshot | None, after: CpuSnapshot | None, cpus: int | None = None, own_extra_s: float = 0.0
+) -> float | None:
     """The share of the machine's CPU capacity between two snapshots that went to neither this process nor the
-    children it reaped in between (the training), in [0, 1]; None when either snapshot is missing."""
+    children it reaped in between (the training), in [0, 1]; None when either snapshot is missing. `own_extra_s`:
+    CPU seconds of ours that another process reaped (a trial forked by a warm worker)."""
     if before is None or after is None or after.at <= before.at:
         return None
     capacity = (after.at - before.at) * (cpus or after.cpus)
-    ours = (after.self_s - before.self_s) + (after.children_s - before.children_s)
+    ours = (after.self_s - before.self_s) + (after.children_s - before.children_s) + own_extra_s
     other = (after.machine_busy_s - before.machine_busy_s) - ours
     return round(min(max(other / capacity, 0.0), 1.0), 3)
 

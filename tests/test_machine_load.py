@@ -4,6 +4,7 @@ executor (a competing process is counted, the training itself is not), and waiti
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes import machine_load  # noqa: E402
+from nodes import (
+    machine_load,  # noqa: E402
+    trainer,  # noqa: E402
+)
 from nodes.machine_load import CpuSnapshot, other_share, read_proc_stat, wait_for_quiet  # noqa: E402
-from nodes.trainer import LocalExecutor, TrainerSettings, Trial  # noqa: E402
+from nodes.trainer import LocalExecutor, TrainerSettings, Trial, run_warm  # noqa: E402
 
 linux_only = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat")
 PROC_STAT = """cpu  1000 100 300 5000 200 10 20 70 40 0
@@ -59,21 +63,50 @@ def test_the_share_is_what_neither_this_process_nor_its_training_used() -> None:
     assert other_share(after, before, cpus=2) is None  # no time passed forwards
 
 
-@linux_only
-def test_a_competing_process_is_counted_and_the_training_itself_is_not(tmp_path) -> None:
-    def train(name: str) -> dict:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "train.py").write_text(BURN.format(seconds=1.5))
-        return LocalExecutor().run(Trial(name, folder), TrainerSettings(budget_s=1.0, kill_after_s=30))
+def _train(folder: Path, executor: LocalExecutor | None = None) -> dict:
+    folder.mkdir()
+    (folder / "train.py").write_text(BURN.format(seconds=1.5))
+    return (executor or LocalExecutor()).run(Trial(folder.name, folder), TrainerSettings(budget_s=1.0, kill_after_s=30))
 
-    alone = train("alone")
+
+@linux_only
+@pytest.mark.parametrize("warm", [False, True])
+def test_the_training_itself_is_not_counted(tmp_path, monkeypatch: pytest.MonkeyPatch, warm: bool) -> None:
+    """On a machine where nothing but this process and its training runs (/proc/stat reports exactly their CPU
+    time, whatever else this machine is doing), the share is zero: the training's core-second is its own, also when
+    a warm worker, not this process, reaps it."""
+    ours: list[float] = []
+
+    def only_us(_text: str) -> tuple[float, int]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + sum(ours)
+        return busy, 2
+
+    monkeypatch.setattr(machine_load, "read_proc_stat", only_us)
+    executor = LocalExecutor(warm=warm)
+    if warm:  # the worker's trials are its children: what it reports is all /proc/stat would add
+        original = run_warm
+
+        def counted(settings, folder, worker):
+            outcome, cpu = original(settings, folder, worker)
+            ours.append(cpu)
+            return outcome, cpu
+
+        monkeypatch.setattr(trainer, "run_warm", counted)
+    try:
+        alone = _train(tmp_path / "alone", executor)
+    finally:
+        executor.close()
     assert alone["ok"], alone
-    # the training kept one core busy: counted as "other" it would be about 1 / cpus of the machine
-    assert alone["other_cpu_share"] < 0.75 / cpus()
+    assert alone["other_cpu_share"] == pytest.approx(0.0, abs=0.02)
+    assert (alone.get("warm_worker") == "used") is warm
+
+
+@linux_only
+def test_a_competing_process_is_counted(tmp_path) -> None:
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
-        beside = train("beside")
+        beside = _train(tmp_path / "beside")
     finally:
         spinner.kill()
         spinner.wait()

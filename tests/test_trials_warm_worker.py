@@ -72,3 +72,35 @@ def test_a_worker_that_dies_mid_trial_loses_it_as_an_error_and_starts_again(
     script = copy_train(tmp_path / "e", **TINY)
     run = worker.run(_args(env, script.parent, 2.0), script, script.parent / "log.txt", None, timeout_s=300)
     assert run.returncode == 0
+
+
+def test_the_local_executor_forks_parameter_trials_from_its_worker_and_counts_their_cpu_as_its_own(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodes.trainer import LocalExecutor, TrainerSettings, Trial
+
+    monkeypatch.setenv("BILEVEL_CACHE", env["BILEVEL_CACHE"])  # the allowlist passes it on to the worker
+    settings = TrainerSettings(budget_s=3.0, corpus=env["CORPUS"], vocab_size=VOCAB, eval_tokens=EVAL_TOKENS)
+    executor = LocalExecutor(warm=True)
+    try:
+        outcomes = [
+            executor.run(Trial(f"e{i}", copy_train(tmp_path / f"e{i}", **TINY).parent), settings) for i in range(2)
+        ]
+        assert len(executor.workers) == 1  # one worker served both
+        pid = executor.workers[0].proc.pid if executor.workers[0].proc else None
+    finally:
+        executor.close()
+    for outcome in outcomes:
+        assert outcome["ok"] and outcome["warm_worker"] == "used", outcome
+        assert outcome["result"]["val_bpb"] > 0
+        assert 0.0 <= outcome["other_cpu_share"] <= 1.0
+    assert pid is not None and not os.path.exists(f"/proc/{pid}")  # closed: no worker left behind
+
+
+def test_the_cpu_of_a_trial_reaped_by_the_worker_is_not_counted_as_other_load() -> None:
+    from nodes.machine_load import CpuSnapshot, other_share
+
+    before = CpuSnapshot(at=0.0, machine_busy_s=0.0, self_s=0.0, children_s=0.0, cpus=2)
+    after = CpuSnapshot(at=10.0, machine_busy_s=11.0, self_s=0.5, children_s=0.0, cpus=2)  # 10.5 s nobody reaped
+    assert other_share(before, after) == pytest.approx(10.5 / 20)  # without the worker's report: looks like load
+    assert other_share(before, after, own_extra_s=10.0) == pytest.approx(0.5 / 20)

@@ -63,7 +63,11 @@ class WarmWorker:
             command, cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
         self.buffer = b""
-        ready = self._read(READY_TIMEOUT_S)
+        try:
+            ready = self._read(READY_TIMEOUT_S)
+        except (TimeoutError, WorkerError) as e:
+            self.close()
+            raise WorkerError(f"the trial worker did not start: {e or 'no answer in time'}") from e
         if not ready.get("ready"):
             self.close()
             raise WorkerError(f"the trial worker did not start: {ready}")
