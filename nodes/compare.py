@@ -27,8 +27,9 @@ def judge(trial: SegmentRecord, before: SegmentRecord | None, baseline_bpb: floa
 
 def progress_of(segment: SegmentRecord, baseline_bpb: float | None) -> float:
     """A segment's progress; for the segment that trained the baseline, from the baseline to its best."""
-    if segment.get("best_before") is None and baseline_bpb is not None and segment.get("best_after") is not None:
-        return round(baseline_bpb - segment["best_after"], 6)
+    after = segment.get("best_after")
+    if segment.get("best_before") is None and baseline_bpb is not None and after is not None:
+        return round(baseline_bpb - after, 6)
     return segment["progress"]
 
 

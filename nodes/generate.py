@@ -265,7 +265,7 @@ def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[s
         "|---|---|---|---|---|---|---|",
     ]
     for p in space:
-        if p.kind in ("int", "float"):
+        if p.kind in ("int", "float") and p.low is not None and p.high is not None:
             low, high = (int(p.low), int(p.high)) if p.kind == "int" else (p.low, p.high)
             bounds, scale = f"[{low!r}, {high!r}]", "log" if p.log else "linear"
         else:
