@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.folders import ABLATION_MARKER, Folder, Refused, Unreadable
-from dashboard.run_folder import noise_floor, read_json_note
+from dashboard.noise import noise_floor
+from dashboard.run_folder import read_json_note
 
 REPORT = "report"
 _cache: dict[Path, tuple[tuple[Any, ...], dict[str, Any] | None, str | None]] = {}

@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from dashboard.run_folder import RunData, segment_span
+from dashboard.run_folder import RunData
+from dashboard.segments import segment_span
 from dashboard.staircase import FAMILY_CLASSES, B, L, R, T, W, family, family_class
 from dashboard.svg import Scale, esc, open_svg, tag, ticks, x_axis, y_axis
 

@@ -4,12 +4,13 @@ the running best. Whatever is missing or torn becomes a note on the page, never 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.folders import Folder, Refused, Served, Unreadable
+from dashboard.noise import ablation_noise
+from dashboard.segments import mechanism_use, segments_of
 from dashboard.trace import Trace, read_trace
 
 SOURCES = ("baseline", "llm", "fallback", "mechanism")  # where a proposal came from (the experiment record says)
@@ -112,101 +113,6 @@ def in_flight(trace: Trace, done: set[str]) -> list[dict[str, Any]]:
     return list(pending.values())
 
 
-def segments_of(trace: Trace) -> list[dict[str, Any]]:
-    """Segments in order: start and end events merged by cycle; an open one (no end yet) has `open` set."""
-    by_cycle: dict[Any, dict[str, Any]] = {}
-    for e in trace.events:
-        if e.get("kind") == "segment_start":
-            by_cycle.setdefault(e.get("cycle"), {"cycle": e.get("cycle"), "open": True, **_segment_fields(e)})
-        elif e.get("kind") == "segment_end":
-            segment = by_cycle.setdefault(e.get("cycle", e.get("index")), {"cycle": e.get("cycle", e.get("index"))})
-            segment.update({**_segment_fields(e), "open": False})
-    return list(by_cycle.values())
-
-
-def _segment_fields(e: dict[str, Any]) -> dict[str, Any]:
-    keys = ("first", "last", "mechanism", "progress", "best_before", "best_after", "kept", "crashes")
-    return {k: e[k] for k in keys if k in e}
-
-
-def segment_span(segment: dict[str, Any], open_end: int) -> tuple[int, int] | None:
-    """(first, end) experiments of a segment, end exclusive; an open segment runs to `open_end`."""
-    first, last = segment.get("first"), segment.get("last")
-    if not isinstance(first, int):
-        return None
-    return first, max(first, last if isinstance(last, int) else open_end)
-
-
-def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """Per mechanism: calls, failures, LLM asks, iterations, segments, the outer decisions about it; and the one
-    that is active now (the last segment's, or the one injected since)."""
-    use: dict[str, dict[str, Any]] = {}
-
-    def entry(mid: str) -> dict[str, Any]:
-        return use.setdefault(
-            mid,
-            {
-                "id": mid,
-                "calls": 0,
-                "failed": 0,
-                "llm_asks": 0,
-                "changed": 0,
-                "seconds": 0.0,
-                "origin": "",
-                "iterations": [],
-                "segments": [],
-                "decisions": [],
-                "verdict": "start",
-                "kept": 0,
-                "rolled_back": 0,
-            },
-        )
-
-    active: str | None = None
-    replaced: dict[str, str] = {}
-    for e in trace.events:
-        kind, mid = e.get("kind"), e.get("mechanism")
-        if not isinstance(mid, str) or mid == "baseline":
-            continue
-        if kind == "mechanism_call":
-            u = entry(mid)
-            u["calls"] += 1
-            u["failed"] += not e.get("ok", False)
-            u["llm_asks"] += int(e.get("llm_asks") or 0)
-            u["changed"] += bool(e.get("changed_llm_proposal"))
-            u["seconds"] += float(e.get("seconds") or 0.0)
-            u["origin"] = e.get("origin") or u["origin"]
-            if e.get("iteration") is not None and e["iteration"] not in u["iterations"]:
-                u["iterations"].append(e["iteration"])
-        elif kind == "segment_start":
-            active = mid
-            entry(mid)
-        elif kind == "inject":
-            u = entry(mid)
-            u["origin"] = e.get("origin") or u["origin"]
-            u["decisions"].append(e)
-            u["verdict"] = "on trial" if e.get("injected") else "refused"
-            if e.get("injected"):
-                replaced[mid] = str(e.get("replaces") or "")
-                active = mid
-        elif kind == "compare":
-            u = entry(mid)
-            u["decisions"].append(e)
-            u["verdict"] = "kept" if e.get("event") == "kept" else "rolled back"
-            u["kept" if e.get("event") == "kept" else "rolled_back"] += 1
-            if e.get("event") != "kept" and replaced.get(mid):
-                active = replaced[mid]
-        elif kind == "validate":
-            u = entry(mid)
-            u["decisions"].append(e)
-            if not e.get("ok"):
-                u["verdict"] = "invalid"
-    for s in segments:
-        if isinstance(s.get("mechanism"), str):
-            entry(s["mechanism"])["segments"].append(s.get("cycle"))
-    return use, active
-
-
 def last_step(trace: Trace, steps: dict[str, str]) -> str | None:
     for e in reversed(trace.events):
         if e.get("kind") in steps:
@@ -249,38 +155,6 @@ def load_run(served: Served, folder: Folder) -> RunData:
         noise=ablation_noise(served, folder),
         notes=notes,
     )
-
-
-def ablation_noise(served: Served, folder: Folder) -> dict[str, Any] | None:
-    """The noise floor of the ablation this run belongs to (`<ablation>/runs/<run>`), when that is served too."""
-    parts = folder.key.split("/")
-    if len(parts) < 3 or parts[-2] != "runs":
-        return None
-    try:
-        ablation = served.folder("/".join(parts[:-2]))
-    except (Refused, FileNotFoundError):
-        return None
-    return noise_floor(ablation) if ablation.is_file("ablation.json") else None
-
-
-def noise_floor(ablation: Folder) -> dict[str, Any] | None:
-    """The baseline configuration re-trained with other seeds (`noise/nNN/outcome.json`): mean, sd, n."""
-    values: list[float] = []
-    crashes = 0
-    for name in ablation.names("noise"):
-        try:
-            outcome = ablation.read_json("noise", name, "outcome.json")
-        except (FileNotFoundError, Unreadable, Refused, OSError):
-            continue
-        value = (outcome.get("result") or {}).get("val_bpb") if isinstance(outcome, dict) else None
-        if isinstance(outcome, dict) and outcome.get("ok") and isinstance(value, int | float) and math.isfinite(value):
-            values.append(float(value))
-        else:
-            crashes += 1
-    if not values:
-        return None
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"n": len(values), "crashes": crashes, "mean": statistics.fmean(values), "sd": sd, "values": values}
 
 
 def age(run: RunData) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dashboard.run_folder import RunData, bpb, running_best, segment_span
+from dashboard.run_folder import RunData, bpb, running_best
+from dashboard.segments import segment_span
 from dashboard.svg import Scale, esc, open_svg, ticks, x_axis, y_axis
 
 W, H = 920, 360

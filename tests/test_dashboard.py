@@ -299,6 +299,24 @@ def test_live_update_event_and_fragment(tmp_path: Path, root: Path) -> None:
         assert status == 200 and f'data-id="{eid}"' in fragment and "<html" not in fragment
 
 
+def test_an_experiment_in_flight_is_shown_as_such(tmp_path: Path, root: Path) -> None:
+    run = tmp_path / "runs" / "training"
+    shutil.copytree(root / "run-a", run)
+    n = sum(e["kind"] == "experiment" for e in events(run))
+    eid = f"e{n:04d}"
+    with open(run / "trace.jsonl", "a") as f:  # proposed and handed to the trainer, not decided yet
+        f.write(
+            json.dumps({"kind": "propose", "experiment": eid, "iteration": n, "source": "llm", "changes": {"DEPTH": 6}})
+        )
+        f.write("\n" + json.dumps({"kind": "train_start", "experiment": eid}) + "\n")
+    c = TestClient(create_app(Served.of([tmp_path / "runs"])), base_url="http://127.0.0.1")
+    page = c.get("/run/0/training").text
+    assert f'<tr data-status="running" data-source="llm" data-id="{eid}" class="pending-row">' in page
+    assert '<span class="pill running">training</span>' in page and "DEPTH=6" in page
+    assert f"<title>{eid}: training</title>" in page  # the dashed line of the staircase
+    assert "1 in flight" in page and c.get(f"/experiment/{eid}/0/training").status_code == 200
+
+
 def test_svg_ticks_and_trace_parsing() -> None:
     assert ticks(2.0, 2.1, 5) == pytest.approx([2.0, 2.025, 2.05, 2.075, 2.1])
     assert ticks(0.0, 10.0, 5) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
