@@ -201,6 +201,15 @@ def write_report(run_dir: Path) -> Path:
             f"{e.get('evidence') or e.get('reason')}"
             for e in decisions
         ]
+    refused = [e for e in ledger.events("validate") if not e.get("ok")]
+    if refused:
+        lines += ["", "## Candidates the validator refused", ""]
+        for e in refused:
+            first = " ".join(str((e.get("errors") or ["?"])[0]).split())
+            lines.append(
+                f"- cycle {e.get('cycle')}: {e.get('mechanism') or '(no candidate)'} at {e.get('stage', '?')} — "
+                f"{first[:300]}"
+            )
     stats = proposal_stats(ledger)
     if stats["proposals"]:
         lines += [
