@@ -59,12 +59,14 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
         )
 
     active: str | None = None
+    last_called: str | None = None  # a run of the inner loop alone has no segments: its mechanism is the one called
     replaced: dict[str, str] = {}
     for e in trace.events:
         kind, mid = e.get("kind"), e.get("mechanism")
         if not isinstance(mid, str) or mid == "baseline":
             continue
         if kind == "mechanism_call":
+            last_called = mid
             u = entry(mid)
             u["calls"] += 1
             u["failed"] += not e.get("ok", False)
@@ -100,4 +102,4 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
     for s in segments:
         if isinstance(s.get("mechanism"), str):
             entry(s["mechanism"])["segments"].append(s.get("cycle"))
-    return use, active
+    return use, active or last_called

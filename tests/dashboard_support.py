@@ -32,7 +32,9 @@ SCRIPT = [
 ]
 
 
-def make_run(run_dir: Path, iterations: int = 9, level: str = "2", mechanism: str | None = "tabu") -> Path:
+def make_run(
+    run_dir: Path, iterations: int = 9, level: str = "2", mechanism: str | None = "tabu", *, inner_only: bool = False
+) -> Path:
     config = RunConfig(
         run_dir=str(run_dir),
         level=level,
@@ -42,7 +44,8 @@ def make_run(run_dir: Path, iterations: int = 9, level: str = "2", mechanism: st
         generate_mode="compose",
         mechanism=mechanism,
     )
-    execute(config, llm=ScriptedChatModel(script=SCRIPT, cycle=True), executor=SyntheticExecutor())
+    llm = ScriptedChatModel(script=SCRIPT, cycle=True)
+    execute(config, llm=llm, executor=SyntheticExecutor(), inner_only=inner_only)
     return run_dir
 
 

@@ -317,6 +317,17 @@ def test_an_experiment_in_flight_is_shown_as_such(tmp_path: Path, root: Path) ->
     assert "1 in flight" in page and c.get(f"/experiment/{eid}/0/training").status_code == 200
 
 
+def test_a_run_of_the_inner_loop_alone(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs" / "inner", iterations=3, level="1", mechanism=None, inner_only=True)
+    c = TestClient(create_app(Served.of([tmp_path / "runs"])), base_url="http://127.0.0.1")
+    page = c.get("/run/0/inner").text
+    assert re.search(
+        r'class="badge"[^>]*>llm_greedy@\w+ · 3 calls · segments —<', page
+    )  # no segments, still its mechanism
+    assert "not run by this run: the inner loop ran alone" in page
+    assert re.findall(r'<a href="/experiment/(e\d{4})/0/inner" data-id=', page) == ["e0000", "e0001", "e0002", "e0003"]
+
+
 def test_svg_ticks_and_trace_parsing() -> None:
     assert ticks(2.0, 2.1, 5) == pytest.approx([2.0, 2.025, 2.05, 2.075, 2.1])
     assert ticks(0.0, 10.0, 5) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
