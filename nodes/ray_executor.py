@@ -45,7 +45,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError
 
 from nodes.ledger import write_atomic, write_json_atomic
-from nodes.trainer import REPO_ROOT, TrainerSettings, Trial, run_training
+from nodes.trainer import REPO_ROOT, TrainerSettings, Trial, prepare_outside, run_training
 
 NAMESPACE = "bilevel-autoresearch"
 # Never shipped to the workers (on top of what .gitignore already leaves out).
@@ -67,6 +67,8 @@ def run_trial_here(experiment_id: str, source: str, settings: TrainerSettings) -
     with tempfile.TemporaryDirectory(prefix=f"{experiment_id}-") as tmp:
         folder = Path(tmp)
         (folder / "train.py").write_text(source)
+        if settings.sandbox:  # the sandboxed trainer cannot write this node's data cache: fill it first
+            prepare_outside(settings)
         outcome = run_training(settings, folder)
         log, result_json = folder / "log.txt", folder / "result.json"
         return {

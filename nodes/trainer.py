@@ -153,6 +153,22 @@ def sandboxed_env(settings: TrainerSettings, base: Mapping[str, str] | None = No
     return jail.sandbox_env({**own, **settings.extra_env}, base)
 
 
+def corpus_paths(settings: TrainerSettings) -> tuple[str, ...]:
+    """A corpus given as a path (`--corpus /data/x`), which the trainer reads to find its cached tokens."""
+    path = Path(settings.corpus)
+    return (str(path.resolve()),) if path.exists() else ()
+
+
+def prepare_outside(settings: TrainerSettings) -> None:
+    """Build the corpus's cached tokens with the project's own code before a sandboxed training, which can only read
+    them (a Ray node prepares its own cache at its first trial). A failure is left for the training to report."""
+    command = [sys.executable, "-m", "gpt.prepare", "--corpus", settings.corpus]
+    if settings.vocab_size is not None:
+        command += ["--vocab-size", str(settings.vocab_size)]
+    env = trainer_env(settings.extra_env)
+    subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, timeout=settings.timeout_s, check=False)
+
+
 def training_jail(settings: TrainerSettings, folder: Path) -> tuple[jail.Jail, jail.Rlimits]:
     """What a sandboxed training sees: the system, Python, `gpt/` and the prepared data read-only; its experiment
     folder, the compile cache and a private /tmp writable; the accelerators when it trains on one."""
@@ -161,7 +177,8 @@ def training_jail(settings: TrainerSettings, folder: Path) -> tuple[jail.Jail, j
     devices = () if settings.device == "cpu" else tuple(sorted(str(p) for p in Path("/dev").glob("nvidia*")))
     box = jail.Jail(
         # the prepared data and the machine's profile (gpt/machine.py): read, never written, by a candidate
-        read_only=(str(REPO_ROOT / "gpt"), str(cache_root() / "data"), str(cache_root() / "machine-profiles.json")),
+        read_only=(str(REPO_ROOT / "gpt"), str(cache_root() / "data"), str(cache_root() / "machine-profiles.json"))
+        + corpus_paths(settings),
         writable=(str(folder), str(cache)),
         env=sandboxed_env(settings),
         cwd=str(folder),
@@ -254,7 +271,7 @@ class LocalExecutor:
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
         folder = trial.folder.resolve()  # the child runs in the folder: its paths must not be relative
-        worker = self._worker(settings) if self.warm and not settings.sandbox else None
+        worker = self.worker_for(settings) if self.warm and not settings.sandbox else None
         before = snapshot() if self.parallel == 1 else None  # after the worker's start-up: not the trial's machine
         trial_cpu = 0.0
         if worker is not None:
@@ -267,7 +284,7 @@ class LocalExecutor:
         share = other_share(before, snapshot(), own_extra_s=trial_cpu) if before is not None else None
         return outcome if share is None else {**outcome, "other_cpu_share": share}
 
-    def _worker(self, settings: TrainerSettings) -> WarmWorker:
+    def worker_for(self, settings: TrainerSettings) -> WarmWorker:
         """A free worker for trainings like `settings` (same corpus, vocabulary and environment)."""
         wanted = WarmWorker(settings.corpus, settings.vocab_size, trainer_env(settings.extra_env), REPO_ROOT,
                             spawn_tied)  # fmt: skip

@@ -19,6 +19,7 @@ from graphs.runs import RunConfig
 from mechanisms import jail
 from mechanisms.sandbox import MAX_DEPTH, json_depth
 from nodes.scripted_model import ScriptedChatModel
+from nodes.trainer import TrainerSettings
 
 GOOD = """NAME = "lr_walk"
 TARGET = "propose"
@@ -148,3 +149,28 @@ def test_check_sandbox_does_not_leak_unsafe_between_runs(tmp_path: Path) -> None
     assert jail.unsafe()
     check_sandbox(config(tmp_path, level="1"), inner_only=True)
     assert not jail.unsafe()
+
+
+PROBE = """
+import json, os, resource, sys
+found = {"env": sorted(os.environ), "uid": os.getuid(), "pids": [p for p in os.listdir("/proc") if p.isdigit()],
+         "as": resource.getrlimit(resource.RLIMIT_AS)[0], "val_bpb": 1.0}
+json.dump(found, open(sys.argv[sys.argv.index("--result-json") + 1], "w"))
+"""
+
+
+def test_the_ray_task_runs_a_trial_like_the_local_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body of the Ray task, called here: the same launcher, so the same sandbox, allowlist and memory limit;
+    the node's data cache is filled outside the sandbox first."""
+    import nodes.ray_executor
+
+    prepared: list[str] = []
+    monkeypatch.setattr(nodes.ray_executor, "prepare_outside", lambda settings: prepared.append(settings.corpus))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-planted-ray")
+    settings = TrainerSettings(budget_s=1.0, kill_after_s=60, sandbox=True, memory_limit_bytes=2 << 30)
+    reply = nodes.ray_executor.run_trial_here("e0001", PROBE, settings)
+    assert reply["outcome"]["ok"], reply
+    found = json.loads(reply["result_json"])
+    assert found["uid"] == jail.SANDBOX_UID and len(found["pids"]) <= 3 and found["as"] == 2 << 30
+    assert "OPENAI_API_KEY" not in found["env"] and "sk-planted-ray" not in reply["log"]
+    assert prepared == ["shakespeare"]
