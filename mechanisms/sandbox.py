@@ -76,7 +76,9 @@ class SandboxLimits:
     memory_bytes: int = 1 << 30
     file_size_bytes: int = 1 << 16
     open_files: int = 32
-    processes: int = 64  # RLIMIT_NPROC (threads included; the kernel does not apply it to a root driver's children)
+    # RLIMIT_NPROC, threads included. Generous: the kernel also counts the user's other processes against it (it does
+    # not apply it at all to a root driver's children), and seccomp already refuses a mechanism any new process.
+    processes: int = 1024
     scratch_bytes: int = 16 << 20  # the private /tmp
     max_output_bytes: int = 1 << 20
     max_llm_calls: int = 16  # per view
