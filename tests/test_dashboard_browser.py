@@ -58,7 +58,10 @@ class Browser:
     def __init__(self, context: Any) -> None:
         self.context = context
         self.requests: list[str] = []
+        self.errors: list[str] = []  # script errors and console errors (a refused Content-Security-Policy among them)
         self.page = context.new_page()
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         context.on("request", lambda request: self.requests.append(request.url))
         context.route("**/*", self._only_local)
 
@@ -177,6 +180,7 @@ def test_pages_render_graphs_charts_and_tables(browser: Browser, base_url: str, 
     assert page.locator(".side svg.staircase").count() == 2
     shoot(browser, "compare")
     assert browser.elsewhere() == []
+    assert browser.errors == []
     assert any(u.startswith(base_url + "/static/") for u in browser.requests)
 
 
@@ -203,6 +207,7 @@ def test_new_experiments_appear_without_a_reload(browser: Browser, tmp_path: Pat
         page.wait_for_selector(f'#experiments-table tr[data-id="{second}"]', timeout=10_000)
         assert int(page.evaluate("document.body.dataset.refreshed")) >= 2
         assert browser.elsewhere() == []
+        assert browser.errors == []
 
 
 def test_traversal_is_refused_in_the_browser(browser: Browser, base_url: str) -> None:
