@@ -109,9 +109,10 @@ def compose_enumerated(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         cycle=state.get("cycle", 0),
     )
     value: Any = answer.value
+    params: dict[str, Any] = {}
     if value is None:
         family = _family_for(diagnosis, tuple(docs), state["active"]["name"])
-        params, rationale, source = {}, "fallback: the LLM gave no valid composition", "fallback"
+        rationale, source = "fallback: the LLM gave no valid composition", "fallback"
     else:
         (family, params), rationale, source = options[value.mechanism], f"chose {value.mechanism}", "llm"
     record = mechanism_record(family, "composed", builtin_source(family), params)

@@ -11,8 +11,9 @@ from typing import Any, Literal, Protocol
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
+from mechanisms.local_search import config_key, tried_configs
 from nodes.context import InnerContext
-from nodes.llm_proposer import ask_llm
+from nodes.llm_proposer import allowed_names, ask_llm, fallback_proposal
 from nodes.mechanism_calls import Mechanism, run_mechanism
 from nodes.state import InnerState
 from nodes.structured import LLMBudgetExhausted
@@ -50,6 +51,13 @@ def one_proposal(state: InnerState, ctx: InnerContext, mechanism: Mechanism) -> 
     if proposal is None:  # failed or refused: recorded; the default proposer answers this iteration
         proposal = {**ask_llm(state, ctx), "mechanism_failed": True}
     changes = dict(proposal.get("changes", {}))
+    if not proposal.get("edits") and config_key(ctx.space, {**incumbent, **changes}) in tried_configs(
+        ctx.space, state.get("experiments", [])
+    ):  # training is deterministic for the run's seed: a configuration is never trained twice
+        why = f"{mechanism.id} proposed a configuration already trained ({', '.join(map(str, changes.items()))})"
+        frozen = list(state.get("settings", {}).get("frozen", []))
+        proposal = fallback_proposal(state, ctx, why, allowed_names(ctx.space, frozen, None))
+        changes = dict(proposal["changes"])
     return {
         "id": experiment_id(iteration),
         "iteration": iteration,
