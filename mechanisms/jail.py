@@ -140,6 +140,10 @@ class Jail:
             cmd += ["--info-fd", str(info_fd)]
         if seccomp_fd is not None:
             cmd += ["--seccomp", str(seccomp_fd)]
+        # /proc read-only: as root, bwrap maps the sandbox's uid to the host's uid 0, and the kernel lets uid 0 write
+        # sysctls (/proc/sys) and /proc/sysrq-trigger without any capability
+        cmd += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev"]
+        cmd += ["--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]  # first: a bind below /tmp goes on top of it
         for path in SYSTEM_DIRS:
             cmd += _expose(path)
         for name in ETC_ENTRIES:
@@ -148,10 +152,6 @@ class Jail:
             cmd += _expose(path)
         for path in self.read_only:
             cmd += _expose(str(path))
-        # /proc read-only: as root, bwrap maps the sandbox's uid to the host's uid 0, and the kernel lets uid 0 write
-        # sysctls (/proc/sys) and /proc/sysrq-trigger without any capability
-        cmd += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev"]
-        cmd += ["--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
         for path in self.writable:
             cmd += ["--bind", str(path), str(path)]
         for device in self.devices:
