@@ -272,8 +272,16 @@ def test_hostile_mechanism_is_refused_through_the_outer_graph(
         before = (tree_hash(ROOT), tree_hash(run_dir, (trace,)), tree_hash(canary), trace.read_bytes())
         update = real_validate(state, runtime)
         after = (tree_hash(ROOT), tree_hash(run_dir, (trace,)), tree_hash(canary), trace.read_bytes())
+        # the node keeps the candidate, refused or not, in its own folder of the run: that and nothing else
+        own = str(run_dir / "mechanisms" / str((state.get("candidate") or {}).get("id")).replace("@", "-")) + os.sep
+        if state.get("candidate") and (update.get("validation") or {}).get("stage"):  # a candidate was validated
+            kept = sorted(p for p in after[1] if p.startswith(own))
+            assert [Path(p).name for p in kept] == ["diagnosis.json", "record.json", "source.py", "validation.json"]
+            assert Path(own, "source.py").read_text() == state.get("candidate_source")
         for where, old, new in zip(("project", "run folder", "canary"), before[:3], after[:3], strict=True):
-            changes.extend(f"{where}: {p}" for p in sorted(set(old.items()) ^ set(new.items())))
+            changes.extend(
+                f"{where}: {p}" for p in sorted(set(old.items()) ^ set(new.items())) if not p[0].startswith(own)
+            )
         if not after[3].startswith(before[3]):
             changes.append("trace.jsonl was rewritten, not appended to")
         hashed.append(str((state.get("candidate") or {}).get("id")))
