@@ -78,9 +78,12 @@ def escapes(folder: Folder) -> list[str]:
 
 
 def signature(folder: Folder) -> tuple[Any, ...]:
+    """What the ablation page shows changes when the manifest, the noise floor, a run's summary or confirmations, or
+    the report change — not with every event a running run appends (a surrogate ablation writes many a second, and
+    the group figures take seconds to compute)."""
     parts: list[Any] = [folder.signature(ABLATION_MARKER, "noise", "runs", f"{REPORT}/figures.json")]
     for name in folder.names("runs"):
-        parts.append(folder.signature(f"runs/{name}/summary.json", f"runs/{name}/trace.jsonl", f"runs/{name}/confirm"))
+        parts.append(folder.signature(f"runs/{name}/summary.json", f"runs/{name}/confirm"))
     return tuple(parts)
 
 
