@@ -32,6 +32,8 @@ def y_range(
     """(low, high, clip): the view of val_bpb; points above `clip` are drawn on the top edge as outliers."""
     lows = values + ([baseline] if baseline is not None else []) + ([noise[0]] if noise else [])
     highs = values + ([baseline] if baseline is not None else []) + ([noise[1]] if noise else [])
+    if not lows:  # every experiment crashed, the baseline too: nothing to scale by
+        return 0.0, 1.0, 1.0
     lo, hi = min(lows), max(highs)
     if baseline is not None:
         best = min(values) if values else baseline

@@ -328,6 +328,21 @@ def test_a_run_of_the_inner_loop_alone(tmp_path: Path) -> None:
     assert re.findall(r'<a href="/experiment/(e\d{4})/0/inner" data-id=', page) == ["e0000", "e0001", "e0002", "e0003"]
 
 
+def test_a_run_where_everything_crashed(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "crashed"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"level": "1", "iterations": 2}))
+    crash = {"kind": "experiment", "status": "crash", "val_bpb": None, "error": "exit 1", "proposal_source": "llm"}
+    lines = [{**crash, "id": f"e{i:04d}", "iteration": i, "time": 1.0 + i} for i in range(3)]
+    (run / "trace.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    c = TestClient(create_app(Served.of([tmp_path / "runs"])), base_url="http://127.0.0.1")
+    page = c.get("/run/0/crashed")
+    assert page.status_code == 200
+    assert page.text.count('class="pt st-crash src-llm"') == 3 and "not finished" in page.text
+    assert c.get("/experiment/e0001/0/crashed").status_code == 200
+    assert c.get("/").status_code == 200
+
+
 def test_svg_ticks_and_trace_parsing() -> None:
     assert ticks(2.0, 2.1, 5) == pytest.approx([2.0, 2.025, 2.05, 2.075, 2.1])
     assert ticks(0.0, 10.0, 5) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
