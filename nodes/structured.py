@@ -242,7 +242,10 @@ def _rejection(schema: type[BaseModel], attempt: _Attempt) -> HumanMessage:
 def _echo(raw: AIMessage | None) -> str:
     if raw is None:
         return ""
-    text = json.dumps(raw.tool_calls[0]["args"]) if raw.tool_calls else str(raw.content)
+    try:
+        text = json.dumps(raw.tool_calls[0]["args"]) if raw.tool_calls else str(raw.content)
+    except (RecursionError, TypeError, ValueError):  # arguments nested too deeply to quote: say so, never raise
+        text = "(arguments nested too deeply to quote)"
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + " ...(truncated)"
 
 

@@ -444,6 +444,14 @@ NAMEDTUPLE = MOMENTUM_COORDINATE.replace(
 )
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """Tool arguments nested `depth` levels deep (deeper than json.dumps can quote back)."""
+    answer: dict[str, Any] = {"source": "NAME = 'Deep'"}
+    for _ in range(depth):
+        answer = {"mechanism": answer}
+    return answer
+
+
 def tool(source: str, name: str = "", rationale: str = "addresses the diagnosis") -> dict[str, Any]:
     """The arguments of the GeneratedMechanism tool call (`name`: what older prompts asked for, now ignored)."""
     return (
@@ -472,7 +480,8 @@ PLAN: list[list[tuple[Any, str, str]]] = [
         (tool(crlf(f"```Python\n{TRUST_REGION}```\n")), "```Python fence, CRLF line ends", "AdaptiveTrustRegion"),
     ],
     [
-        ({"answer": {"mechanism": {"module": {"source": GROUP_UCB}}}}, "deep-nested output", "re-asked"),
+        ({"answer": {"mechanism": {"module": {"source": GROUP_UCB}}}}, "the module nested in the output", "re-asked"),
+        (nested(3000), "output nested 3000 levels deep", "re-asked"),
         (tool(f"~~~python\n{GROUP_UCB}~~~"), "~~~ fence", "GroupUCB"),
     ],
     [
