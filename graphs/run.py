@@ -170,7 +170,7 @@ def executor_for(config: RunConfig) -> Executor:
     if config.executor == "ray":
         from nodes.ray_executor import RayExecutor
 
-        return RayExecutor(config.ray_address or "auto", parallel=config.parallel)
+        return RayExecutor(config.ray_address or "auto", parallel=config.parallel, warm=config.warm_worker)
     return LocalExecutor(parallel=config.parallel or 1, warm=config.warm_worker)
 
 

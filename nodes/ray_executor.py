@@ -45,7 +45,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError
 
 from nodes.ledger import write_atomic, write_json_atomic
-from nodes.trainer import REPO_ROOT, TrainerSettings, Trial, prepare_outside, run_training
+from nodes.trainer import REPO_ROOT, LocalExecutor, TrainerSettings, Trial, prepare_outside, run_training
 
 NAMESPACE = "bilevel-autoresearch"
 # Never shipped to the workers (on top of what .gitignore already leaves out).
@@ -59,17 +59,26 @@ def trial_key(source: str, settings: TrainerSettings) -> str:
     return hashlib.sha256(f"{source}\0{settings_text}".encode()).hexdigest()
 
 
-def run_trial_here(experiment_id: str, source: str, settings: TrainerSettings) -> dict[str, Any]:
+_WARM: LocalExecutor | None = None  # this Ray worker process's warm trial worker, kept from task to task
+
+
+def run_trial_here(experiment_id: str, source: str, settings: TrainerSettings, warm: bool = False) -> dict[str, Any]:
     """Run one candidate train.py in a temporary folder of this machine; return the outcome and the files' text.
 
-    This is the body of the Ray task: the same launcher as `LocalExecutor.run`.
+    This is the body of the Ray task: the same launcher as `LocalExecutor.run`; with `warm`, a parameter-mode trial
+    is forked from a warm worker that this Ray worker process keeps between tasks, as the local executor does.
     """
+    global _WARM
     with tempfile.TemporaryDirectory(prefix=f"{experiment_id}-") as tmp:
         folder = Path(tmp)
         (folder / "train.py").write_text(source)
         if settings.sandbox:  # the sandboxed trainer cannot write this node's data cache: fill it first
             prepare_outside(settings)
-        outcome = run_training(settings, folder)
+        if warm and not settings.sandbox:
+            _WARM = _WARM or LocalExecutor(parallel=2, warm=True)  # parallel > 1: tasks share the node, no load share
+            outcome = _WARM.run(Trial(experiment_id, folder), settings)
+        else:
+            outcome = run_training(settings, folder)
         log, result_json = folder / "log.txt", folder / "result.json"
         return {
             "outcome": {**outcome, "host": socket.gethostname()},
@@ -110,6 +119,7 @@ class RayExecutor:
         num_cpus: float = 1,
         max_retries: int = 1,
         working_dir: Path | None = REPO_ROOT,
+        warm: bool = False,
     ) -> None:
         self.address = address
         self.parallel = parallel
@@ -117,6 +127,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.max_retries = max_retries
         self.working_dir = working_dir
+        self.warm = warm  # parameter-mode trials fork from a warm worker kept by each Ray worker process
 
     def connect(self) -> None:
         """Join the cluster (once per process). A process that already called `ray.init` keeps its connection: the
@@ -184,7 +195,7 @@ class RayExecutor:
                         continue
                     (trial.folder / "result.json").unlink(missing_ok=True)  # never read a stale result as this one's
                     ref = _remote_trial.options(name=f"trial-{trial.experiment_id}", **options).remote(
-                        trial.experiment_id, source, settings
+                        trial.experiment_id, source, settings, self.warm
                     )
                     in_flight[ref], submitted[i] = i, time.monotonic()
                 if not in_flight:

@@ -297,6 +297,19 @@ def test_the_hard_timeout_is_enforced_on_the_worker(cluster, tmp_path):
     wait_until(lambda: not alive(attempts_of(attempts)[0][0]), 10, "the timed-out trial to be killed")
 
 
+def test_warm_trials_fork_from_a_worker_the_ray_worker_keeps(cluster, tmp_path):
+    from nodes.ray_executor import RayExecutor
+
+    attempts = tmp_path / "attempts.txt"
+    trials = make_trials(tmp_path / "experiments", [fake_train(attempts, DEPTH=d) for d in (2, 3)])
+    executor = RayExecutor(cluster, warm=True)
+    outcomes = [executor.run(trial, TrainerSettings(budget_s=5.0)) for trial in trials]
+    assert all(o["ok"] and o["warm_worker"] == "used" for o in outcomes), outcomes
+    parents = {parent for _, parent, _, _ in attempts_of(attempts)}
+    for parent in parents:  # the trainer's parent is a warm worker (kept alive by its Ray worker), not a Ray worker
+        assert "gpt.worker" in Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
+
+
 def run_with(executor: Any, run_dir: Path, tmp_path: Path, batch: int) -> dict[str, Any]:
     from graphs.run import execute
     from nodes.scripted_model import ScriptedChatModel
