@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from dashboard.svg import Scale, esc, open_svg, tag, ticks, x_axis, y_axis
+from dashboard.trace import mapping
 
 W = 920
 L, R, T, B = 110, 24, 20, 48
@@ -26,7 +27,7 @@ def forest(groups: dict[str, dict[str, Any]], runs: list[dict[str, Any]], noise_
     deltas = {g: _finite(*(r.get("delta_bpb") for r in runs if r.get("group") == g)) for g in names}
     every = [v for g in names for v in deltas[g]]
     for g in names:
-        d = groups[g].get("delta") or {}
+        d = mapping(mapping(groups[g]).get("delta"))
         every += _finite(d.get("ci_low"), d.get("ci_high"), d.get("mean"))
     every += [0.0] + ([-noise_sd, noise_sd] if noise_sd else [])
     lo, hi = min(every), max(every)
@@ -41,7 +42,7 @@ def forest(groups: dict[str, dict[str, Any]], runs: list[dict[str, Any]], noise_
     for i, g in enumerate(names):
         yy = T + i * row + row / 2
         css = f"grp-{i % GROUP_CLASSES}"
-        d = groups[g].get("delta") or {}
+        d = mapping(mapping(groups[g]).get("delta"))
         label = {"class": "row-label", "x": L - 10, "y": yy + 4, "text-anchor": "end"}
         parts.append(tag("text", label, esc(f"{g} (n = {d.get('n', 0)})")))
         for v in deltas[g]:

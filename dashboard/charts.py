@@ -11,6 +11,7 @@ from dashboard.run_folder import RunData
 from dashboard.segments import segment_span
 from dashboard.staircase import FAMILY_CLASSES, B, L, R, T, W, family, family_class
 from dashboard.svg import Scale, esc, open_svg, tag, ticks, x_axis, y_axis
+from dashboard.trace import mapping, number
 
 
 def latency(calls: list[dict[str, Any]], nodes: list[str]) -> str:
@@ -21,14 +22,14 @@ def latency(calls: list[dict[str, Any]], nodes: list[str]) -> str:
             + '<text class="empty" x="20" y="35">no LLM call recorded</text></svg>'
         )
     height = 260
-    top = max(float(c.get("latency_s") or 0.0) for c in calls) or 1.0
+    top = max(number(c.get("latency_s")) for c in calls) or 1.0
     x = Scale(-0.5, len(calls) - 0.5, L, W - R)
     y = Scale(0.0, top * 1.08, height - B, 16)
     parts = [open_svg(W, height, "chart latency", "LLM call latency")]
     parts += y_axis(y, ticks(0.0, top * 1.08), L, W - R, "latency (s)")
     parts += x_axis(x, [v for v in ticks(0, len(calls) - 1, 10) if v == int(v)], height - B, "LLM call", right=W - R)
     for i, c in enumerate(calls):
-        px, py = x(i), y(float(c.get("latency_s") or 0.0))
+        px, py = x(i), y(number(c.get("latency_s")))
         css = f"node-{nodes.index(c['node_name']) % FAMILY_CLASSES if c['node_name'] in nodes else 0}"
         title = esc(
             f"{c['node_name']} · {c.get('level')} · attempt {c.get('attempt')} · {c.get('latency_s')} s · "
@@ -83,7 +84,7 @@ def timeline(run: RunData, *, link: Callable[[str], str]) -> str:
     x = Scale(-0.5, n - 0.5, left, W - R)
     parts = [open_svg(W, height, "chart timeline", "mechanism timeline")]
     order: list[str] = []
-    by_cycle = {s.get("cycle"): s for s in run.segments}
+    by_cycle = {repr(s.get("cycle")): s for s in run.segments}
     for i, m in enumerate(mechanisms):
         yy = T + i * row
         css = family_class(family(m["id"]), order)
@@ -91,7 +92,7 @@ def timeline(run: RunData, *, link: Callable[[str], str]) -> str:
         text = tag("text", {"class": "row-label", "x": left - 8, "y": yy + 19, "text-anchor": "end"}, esc(label))
         parts.append(tag("a", {"href": link(m["id"])}, text))
         for cycle in m["segments"]:
-            s = by_cycle.get(cycle, {})
+            s = by_cycle.get(repr(cycle), {})
             span = segment_span(s, len(run.experiments) + len(run.pending))
             if span is None:
                 continue
@@ -102,7 +103,7 @@ def timeline(run: RunData, *, link: Callable[[str], str]) -> str:
             if isinstance(it, int):
                 parts.append(f'<line class="call-tick" x1="{x(it)}" x2="{x(it)}" y1="{yy + 8}" y2="{yy + 22}"/>')
         for d in m["decisions"]:
-            end = (d.get("segment") or {}).get("last") if d.get("kind") == "compare" else None
+            end = mapping(d.get("segment")).get("last") if d.get("kind") == "compare" else None
             if isinstance(end, int):  # the verdict after its trial segment, at the segment's end
                 kept = d.get("event") == "kept"
                 mark = {"class": f"verdict {'kept' if kept else 'rolled'}", "x": x(end - 0.5), "y": yy + 20}

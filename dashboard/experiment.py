@@ -8,6 +8,7 @@ from typing import Any
 
 from dashboard.folders import Folder, Refused, Unreadable, check_part
 from dashboard.run_folder import RunData
+from dashboard.trace import mapping, number
 
 EXCHANGE_KINDS = ("llm_call", "proposal_fallback", "mechanism_call", "propose")
 STEP_KINDS = ("propose", "train_start", "train_end", "evaluate", "experiment")
@@ -70,10 +71,10 @@ def timing(
 ) -> list[tuple[str, float]]:
     """Where the experiment's time went, in seconds: the LLM answering, the rest of the mechanism's call, training
     (the budget-counted part), the trainer's start-up and evaluation, the executor's own overhead."""
-    llm = sum(float(e.get("latency_s") or 0.0) for e in events if e.get("kind") == "llm_call")
-    mechanism = sum(float(e.get("seconds") or 0.0) for e in events if e.get("kind") == "mechanism_call")
-    result = (outcome or {}).get("result") or {}
-    wall = _number((outcome or {}).get("wall_seconds")) or _number(record.get("seconds"))
+    llm = sum(number(e.get("latency_s")) for e in events if e.get("kind") == "llm_call")
+    mechanism = sum(number(e.get("seconds")) for e in events if e.get("kind") == "mechanism_call")
+    result = mapping(mapping(outcome).get("result"))
+    wall = _number(mapping(outcome).get("wall_seconds")) or _number(record.get("seconds"))
     training = _number(result.get("training_seconds")) or _number(record.get("training_seconds"))
     total = _number(result.get("total_seconds"))
     split = [("LLM", llm), ("mechanism (besides its LLM asks)", max(0.0, mechanism - llm))]

@@ -7,7 +7,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from dashboard.trace import Trace
+from dashboard.trace import Trace, mapping, number
 
 FALLBACK_NODE = {"proposal_fallback": "propose", "analyze": "analyze", "generate": "generate", "adjust": "adjust"}
 
@@ -23,7 +23,7 @@ def is_fallback(event: dict[str, Any]) -> bool:
     if kind == "proposal_fallback":
         return True
     if kind == "analyze":
-        return (event.get("diagnosis") or {}).get("source") == "fallback"
+        return mapping(event.get("diagnosis")).get("source") == "fallback"
     if kind == "adjust" and not event.get("applied") and "fallback" in str(event.get("note") or ""):
         return True
     return kind in FALLBACK_NODE and event.get("source") == "fallback"
@@ -47,9 +47,9 @@ def per_node(trace: Trace) -> list[dict[str, Any]]:
         row = rows[node_of(e)]
         row["calls"] += 1
         row["ok" if e.get("ok") else "failed"] += 1
-        row["prompt_tokens"] += int(e.get("prompt_tokens") or 0)
-        row["completion_tokens"] += int(e.get("completion_tokens") or 0)
-        row["latency"].append(float(e.get("latency_s") or 0.0))
+        row["prompt_tokens"] += int(number(e.get("prompt_tokens")))
+        row["completion_tokens"] += int(number(e.get("completion_tokens")))
+        row["latency"].append(number(e.get("latency_s")))
         row["levels"].add(str(e.get("level") or "?"))
         row["models"].add(str(e.get("model") or "?"))
     for e in trace.events:

@@ -8,6 +8,7 @@ import statistics
 from typing import Any
 
 from dashboard.folders import Folder, Refused, Served, Unreadable
+from dashboard.trace import mapping
 
 
 def ablation_noise(served: Served, folder: Folder) -> dict[str, Any] | None:
@@ -31,7 +32,7 @@ def noise_floor(ablation: Folder) -> dict[str, Any] | None:
             outcome = ablation.read_json("noise", name, "outcome.json")
         except (FileNotFoundError, Unreadable, Refused, OSError):
             continue
-        value = (outcome.get("result") or {}).get("val_bpb") if isinstance(outcome, dict) else None
+        value = mapping(mapping(outcome).get("result")).get("val_bpb")
         if isinstance(outcome, dict) and outcome.get("ok") and isinstance(value, int | float) and math.isfinite(value):
             values.append(float(value))
         else:

@@ -96,7 +96,13 @@ def decided(trace: Trace) -> list[dict[str, Any]]:
     for e in trace.of("experiment"):
         if isinstance(e.get("id"), str):
             by_id.setdefault(e["id"], e)
-    return sorted(by_id.values(), key=lambda e: (e.get("iteration", 0), e["id"]))
+    return sorted(by_id.values(), key=lambda e: (position(e), e["id"]))
+
+
+def position(record: dict[str, Any]) -> float:
+    """The experiment's place in the run (its iteration); a record without a usable one goes last."""
+    iteration = record.get("iteration")
+    return float(iteration) if isinstance(iteration, int) and not isinstance(iteration, bool) else float("inf")
 
 
 def in_flight(trace: Trace, done: set[str]) -> list[dict[str, Any]]:

@@ -5,24 +5,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.trace import Trace
+from dashboard.trace import Trace, number
 
 
 def segments_of(trace: Trace) -> list[dict[str, Any]]:
     """Segments in order: start and end events merged by cycle; an open one (no end yet) has `open` set."""
-    by_cycle: dict[Any, dict[str, Any]] = {}
+    by_cycle: dict[str, dict[str, Any]] = {}
     for e in trace.events:
+        cycle = e.get("cycle", e.get("index"))
         if e.get("kind") == "segment_start":
-            by_cycle.setdefault(e.get("cycle"), {"cycle": e.get("cycle"), "open": True, **_segment_fields(e)})
+            by_cycle.setdefault(repr(cycle), {"cycle": cycle, "open": True, **_segment_fields(e)})
         elif e.get("kind") == "segment_end":
-            segment = by_cycle.setdefault(e.get("cycle", e.get("index")), {"cycle": e.get("cycle", e.get("index"))})
-            segment.update({**_segment_fields(e), "open": False})
+            by_cycle.setdefault(repr(cycle), {"cycle": cycle}).update({**_segment_fields(e), "open": False})
     return list(by_cycle.values())
 
 
 def _segment_fields(e: dict[str, Any]) -> dict[str, Any]:
     keys = ("first", "last", "mechanism", "progress", "best_before", "best_after", "kept", "crashes")
-    return {k: e[k] for k in keys if k in e}
+    fields = {k: e[k] for k in keys if k in e}
+    if not isinstance(fields.get("mechanism", ""), str):
+        fields["mechanism"] = str(fields["mechanism"])
+    return fields
 
 
 def segment_span(segment: dict[str, Any], open_end: int) -> tuple[int, int] | None:
@@ -70,9 +73,9 @@ def mechanism_use(trace: Trace, segments: list[dict[str, Any]]) -> tuple[dict[st
             u = entry(mid)
             u["calls"] += 1
             u["failed"] += not e.get("ok", False)
-            u["llm_asks"] += int(e.get("llm_asks") or 0)
+            u["llm_asks"] += int(number(e.get("llm_asks")))
             u["changed"] += bool(e.get("changed_llm_proposal"))
-            u["seconds"] += float(e.get("seconds") or 0.0)
+            u["seconds"] += number(e.get("seconds"))
             u["origin"] = e.get("origin") or u["origin"]
             if e.get("iteration") is not None and e["iteration"] not in u["iterations"]:
                 u["iterations"].append(e["iteration"])

@@ -4,10 +4,11 @@ mechanism); the mechanism segments shaded; the baseline and the noise floor draw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from dashboard.run_folder import RunData, bpb, running_best
+from dashboard.run_folder import RunData, bpb, position, running_best
 from dashboard.segments import segment_span
 from dashboard.svg import Scale, esc, open_svg, ticks, x_axis, y_axis
 
@@ -95,7 +96,8 @@ def staircase(run: RunData, *, link: Callable[[str], str], y_view: tuple[float, 
         parts.append(f'<text class="baseline-label" x="{L + 4}" y="{y(run.baseline) - 5}">baseline</text>')
     parts.append(step_path(records, x, y, lo, hi))
     for e in records:
-        parts.append(point(e, x, y, clip, lo, hi, link))
+        if position(e) < math.inf:  # a record without an iteration has no place on the axis (the table lists it)
+            parts.append(point(e, x, y, clip, lo, hi, link))
     for e in run.pending:
         if isinstance(e.get("iteration"), int):
             px = x(e["iteration"])
@@ -130,7 +132,7 @@ def point(e: dict[str, Any], x: Scale, y: Scale, clip: float, lo: float, hi: flo
     value = bpb(e)
     title = f"{e.get('id')} {status} {'' if value is None else f'{value:.6f}'} · {source} · {e.get('description', '')}"
     css = f"pt st-{esc(status)} src-{esc(source)}"
-    px = x(e.get("iteration", 0))
+    px = x(position(e))
     anchor = f'<a href="{esc(link(str(e.get("id"))))}" data-id="{esc(e.get("id"))}">'
     if status == "crash" or value is None:
         py = y(hi) + 6
@@ -158,6 +160,6 @@ def shared_view(runs: list[RunData]) -> tuple[float, float]:
 
 def running_best_before(records: list[dict[str, Any]], record: dict[str, Any]) -> float | None:
     """The best val_bpb before this experiment (what it had to beat)."""
-    before = [e for e in records if e.get("iteration", 0) < record.get("iteration", 0)]
+    before = [e for e in records if position(e) < position(record)]
     best = running_best(before)
     return best[-1] if best else None

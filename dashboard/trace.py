@@ -31,6 +31,18 @@ _cache: dict[Path, tuple[tuple[Any, ...], Trace]] = {}
 _lock = threading.Lock()
 
 
+def mapping(value: Any) -> dict[str, Any]:
+    """A nested record of an event or a JSON file; {} for anything that is not an object."""
+    return value if isinstance(value, dict) else {}
+
+
+def number(value: Any) -> float:
+    """A count or a duration recorded in an event; 0 for anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+        return 0.0
+    return float(value)
+
+
 def parse(text: str) -> Trace:
     trace = Trace(torn_tail=bool(text) and not text.endswith("\n"))
     for line in text.splitlines():

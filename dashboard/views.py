@@ -11,6 +11,7 @@ from dashboard import ablation_charts, charts, experiment, graph_svg, llm_calls,
 from dashboard.ablation_folder import load_ablation
 from dashboard.folders import Folder, Refused, Served, kind_of
 from dashboard.run_folder import RunData, age, bpb, load_run
+from dashboard.trace import mapping
 
 
 class NotFound(Exception):
@@ -183,8 +184,8 @@ def ablation_page(served: Served, key: str) -> dict[str, Any]:
     if kind_of(folder) != "ablation":
         raise NotFound(f"{key} is not an ablation folder (no ablation.json)")
     data = load_ablation(folder)
-    groups = (data.analysis or {}).get("groups") or {}
-    noise = data.noise or (data.analysis or {}).get("noise")
+    groups = mapping(mapping(data.analysis).get("groups"))
+    noise = data.noise or mapping(data.analysis).get("noise")
     noise_sd = noise.get("sd") if isinstance(noise, dict) else None
     return {
         "a": data,

@@ -343,6 +343,39 @@ def test_a_run_where_everything_crashed(tmp_path: Path) -> None:
     assert c.get("/").status_code == 200
 
 
+def test_events_of_the_wrong_shape_do_not_break_a_page(tmp_path: Path, root: Path) -> None:
+    """A trace edited by hand or written by another version: fields of the wrong type are shown or skipped."""
+    run = tmp_path / "runs" / "odd"
+    shutil.copytree(root / "run-a", run)
+    odd = [
+        {"kind": "experiment", "id": "e0090", "iteration": "ninety", "status": 5, "val_bpb": "low", "changes": [1]},
+        {"kind": "experiment", "id": 7, "iteration": 1},
+        {"kind": "segment_start", "cycle": [1], "first": "a", "mechanism": 5},
+        {"kind": "segment_end", "cycle": 99, "first": 2, "last": "z", "mechanism": "m@1", "progress": "much"},
+        {
+            "kind": "mechanism_call",
+            "mechanism": "m@1",
+            "ok": "yes",
+            "llm_asks": "many",
+            "seconds": "long",
+            "iteration": {},
+        },
+        {"kind": "llm_call", "node": None, "latency_s": "slow", "prompt_tokens": "x", "ok": False, "error": {"a": 1}},
+        {"kind": "compare", "mechanism": "m@1", "event": "kept", "segment": {"last": "end"}},
+        {"kind": "inject", "mechanism": "m@1", "injected": True, "replaces": ["x"]},
+        {"kind": "analyze", "diagnosis": "not a dict"},
+        {"kind": "propose", "experiment": "e0091", "iteration": None, "changes": "DEPTH"},
+        {"kind": "run_end", "time": "later"},
+    ]
+    with open(run / "trace.jsonl", "a") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in odd))
+    c = TestClient(create_app(Served.of([tmp_path / "runs"])), base_url="http://127.0.0.1")
+    for url in ("/", "/run/0/odd", "/llm/0/odd", "/mechanism/m@1/0/odd", "/experiment/e0090/0/odd",
+                "/experiment/e0091/0/odd", "/experiment/e0001/0/odd", "/compare?a=0/odd&b=0/odd"):  # fmt: skip
+        page = c.get(url)
+        assert page.status_code == 200, (url, page.text[-600:])
+
+
 def test_svg_ticks_and_trace_parsing() -> None:
     assert ticks(2.0, 2.1, 5) == pytest.approx([2.0, 2.025, 2.05, 2.075, 2.1])
     assert ticks(0.0, 10.0, 5) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
