@@ -276,12 +276,11 @@ def resume_from_ledger(config: RunConfig) -> str:
 
     from checkpoints import ledger
     from checkpoints.sqlite import open_checkpointer, set_aside
-    from graphs.inner import build_inner_graph
+    from graphs.inner import inner_graph_for
     from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state
-    from graphs.run import start_mechanism
+    from graphs.run import start_mechanisms
     from graphs.runs import base_source
     from mechanisms.space import SearchSpace
-    from nodes.mechanism_loader import load_mechanism
     from nodes.state import InnerState, SegmentRecord
 
     run_dir = Path(config.run_dir)
@@ -293,10 +292,12 @@ def resume_from_ledger(config: RunConfig) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = set_aside(run_dir, stamp)
     moved = ledger.set_aside_undecided(run_dir, inner["iteration"], run_dir / "set-aside" / stamp / "experiments")
-    mechanism = start_mechanism(config)
+    mechanism, decide = start_mechanisms(config)
+    if decide:
+        inner["mechanisms"] = {"decide": decide}
     with open_checkpointer(run_dir, fresh=True) as saver:
         if resumes_inner_only(config):
-            graph = build_inner_graph(load_mechanism(mechanism, run_dir)).compile(checkpointer=saver)
+            graph = inner_graph_for(mechanism, decide, run_dir).compile(checkpointer=saver)
             values: dict[str, Any] = {**inner, "stop_reason": "iterations done" if done else None}
             graph.update_state(RunnableConfig(configurable={"thread_id": "inner"}), values, as_node="decide")
         else:

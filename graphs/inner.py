@@ -9,6 +9,7 @@ rebuilding the graph with it under the same node name: the injected code is the 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -18,7 +19,7 @@ from nodes.decide import make_decide, route_after_decide
 from nodes.evaluate import evaluate
 from nodes.mechanism_calls import Mechanism
 from nodes.propose import make_propose, route_after_propose
-from nodes.state import InnerState
+from nodes.state import InnerState, MechanismRecord
 from nodes.train import train
 
 NODE_NAMES = ("propose", "train", "evaluate", "decide")
@@ -39,6 +40,16 @@ def build_inner_graph(
     builder.add_edge("evaluate", "decide")
     builder.add_conditional_edges("decide", route_after_decide, ["propose", END])
     return builder
+
+
+def inner_graph_for(
+    propose: MechanismRecord, decide: MechanismRecord | None, run_dir: Path
+) -> StateGraph[InnerState, InnerContext, InnerState, InnerState]:
+    """The inner graph of these mechanism records as its `propose` and `decide` nodes (`decide` None: the greedy
+    rule), rebuilt from the records alone, as a resumed run must."""
+    from nodes.mechanism_loader import load_mechanism
+
+    return build_inner_graph(load_mechanism(propose, run_dir), load_mechanism(decide, run_dir) if decide else None)
 
 
 def default_graph() -> InnerGraph:

@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import StateSnapshot
 
-from graphs.inner import InnerGraph, build_inner_graph
+from graphs.inner import InnerGraph, build_inner_graph, inner_graph_for
 from nodes.adjust import adjust
 from nodes.analyze import analyze
 from nodes.compare import compare
@@ -46,10 +46,10 @@ def finished(snapshot: StateSnapshot) -> bool:
     return bool(snapshot.values) and not pending(snapshot)
 
 
-def inner_graph_for(record: MechanismRecord, ctx: OuterContext) -> InnerGraph:
-    """The inner graph with `record`'s mechanism as its `propose` node, rebuilt from the record alone."""
-    mechanism = load_mechanism(record, ctx.inner.ledger.root)
-    return build_inner_graph(mechanism).compile(checkpointer=ctx.checkpointer, name="inner")
+def segment_graph(record: MechanismRecord, decide: MechanismRecord | None, ctx: OuterContext) -> InnerGraph:
+    """The inner graph with `record`'s mechanism as its `propose` node (and the run's `decide` mechanism, if it
+    started with one), rebuilt from the records alone."""
+    return inner_graph_for(record, decide, ctx.inner.ledger.root).compile(checkpointer=ctx.checkpointer, name="inner")
 
 
 def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def run_inner(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, An
     ctx = runtime.context
     cycle, inner = state.get("cycle", 0), state["inner"]
     first = inner.get("iteration", 0)
-    graph = inner_graph_for(state["active"], ctx)
+    graph = segment_graph(state["active"], inner.get("mechanisms", {}).get("decide"), ctx)
     config: RunnableConfig = {"configurable": {"thread_id": f"segment-{cycle:03d}"}, "recursion_limit": RECURSION_LIMIT}
     snapshot = graph.get_state(config)
     if finished(snapshot):

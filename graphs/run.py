@@ -16,7 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 
 from checkpoints.sqlite import DURABILITY, open_checkpointer
-from graphs.inner import build_inner_graph
+from graphs.inner import build_inner_graph, inner_graph_for
 from graphs.outer import (
     RECURSION_LIMIT,
     build_outer_graph,
@@ -31,7 +31,7 @@ from nodes.context import OuterContext
 from nodes.ledger import Ledger, write_json_atomic
 from nodes.llm import LLMSettings, open_chat_model
 from nodes.local_server import MODEL_ALIAS
-from nodes.mechanism_loader import builtin_mechanism, builtin_record, load_mechanism
+from nodes.mechanism_loader import builtin_mechanism, builtin_record
 from nodes.state import MechanismRecord
 from nodes.structured import model_name
 from nodes.trainer import REPO_ROOT, Executor, LocalExecutor
@@ -45,8 +45,17 @@ LEVEL_NAMES = {
 }
 
 
+def start_mechanisms(config: RunConfig) -> tuple[MechanismRecord, MechanismRecord | None]:
+    """The mechanisms the run starts with as (propose, decide): --mechanism takes the slot its TARGET names; the
+    other keeps its default (llm_greedy proposes; None decides by the greedy rule)."""
+    record = start_mechanism(config)
+    if record["target"] == "decide":
+        return builtin_record("llm_greedy"), record
+    return record, None
+
+
 def start_mechanism(config: RunConfig) -> MechanismRecord:
-    """The propose mechanism the run starts with: llm_greedy unless --mechanism names a built-in or a file."""
+    """The mechanism --mechanism names (a built-in or a file, for either slot); llm_greedy without it."""
     if not config.mechanism:
         return builtin_record("llm_greedy")
     path = Path(config.mechanism)
@@ -56,7 +65,7 @@ def start_mechanism(config: RunConfig) -> MechanismRecord:
         from nodes.mechanism_calls import mechanism_record
 
         spec = MechanismSpec.from_source(path.read_text(), origin="generated")
-        record = mechanism_record(spec.name, "generated", spec.source)
+        record = mechanism_record(spec.name, "generated", spec.source, target=spec.target)
         folder = Ledger(Path(config.run_dir)).mechanism_dir(record["id"].replace("@", "-"))
         write_atomic(folder / "source.py", spec.source)
         record["path"] = str((folder / "source.py").relative_to(config.run_dir))
@@ -97,10 +106,12 @@ def execute(
             ctx.split_sha256 = prepare_data(config)
         total = config.iterations + 1
         if inner_only:
-            graph = build_inner_graph(load_mechanism(start_mechanism(config), run_dir)).compile(checkpointer=saver)
+            propose, decide = start_mechanisms(config)
+            graph = inner_graph_for(propose, decide, run_dir).compile(checkpointer=saver)
             run_config: RunnableConfig = {"configurable": {"thread_id": "inner"}, "recursion_limit": RECURSION_LIMIT}
             snapshot = graph.get_state(run_config)
-            inner_start = None if pending(snapshot) or snapshot.values else initial_inner_state(ctx.space, total)
+            fresh = not (pending(snapshot) or snapshot.values)
+            inner_start = initial_inner_state(ctx.space, total, decide=decide) if fresh else None
             if finished(snapshot):
                 return dict(snapshot.values)
             final = graph.invoke(inner_start, run_config, context=ctx, durability=DURABILITY)
@@ -125,7 +136,10 @@ def execute(
                 None
                 if pending(snapshot)
                 else initial_outer_state(
-                    initial_inner_state(ctx.space, 0), start_mechanism(config), config.level, total
+                    initial_inner_state(ctx.space, 0, decide=start_mechanisms(config)[1]),
+                    start_mechanisms(config)[0],
+                    config.level,
+                    total,
                 )
             )
             final = outer_graph.invoke(outer_start, run_config, context=outer_ctx, durability=DURABILITY)

@@ -13,7 +13,7 @@ from typing import Any
 from mechanisms.space import SearchSpace
 from nodes.context import TRAIN_PATH, InnerContext
 from nodes.ledger import Ledger, write_atomic, write_json_atomic
-from nodes.state import InnerState
+from nodes.state import InnerState, MechanismRecord
 from nodes.structured import LLMBudget
 from nodes.trainer import Executor, LocalExecutor, TrainerSettings
 
@@ -127,7 +127,7 @@ def make_context(
     )
 
 
-def initial_inner_state(space: SearchSpace, stop_at: int) -> InnerState:
+def initial_inner_state(space: SearchSpace, stop_at: int, decide: MechanismRecord | None = None) -> InnerState:
     return InnerState(
         iteration=0,
         stop_at=stop_at,
@@ -139,6 +139,6 @@ def initial_inner_state(space: SearchSpace, stop_at: int) -> InnerState:
         batch=[],
         outcomes=[],
         settings={"strategy": "explore", "frozen": [], "guidance": ""},
-        mechanisms={},
+        mechanisms={"decide": decide} if decide else {},
         stop_reason=None,
     )

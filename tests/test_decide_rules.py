@@ -60,3 +60,26 @@ def test_the_ledger_rebuilds_the_same_state_with_the_keys_the_graph_reads(tmp_pa
     assert rebuilt["batch"] == [] and rebuilt["outcomes"] == []
     assert "pending" not in rebuilt and "outcome" not in rebuilt
     assert set(rebuilt) <= set(InnerState.__annotations__)  # LangGraph drops keys the state does not declare
+
+
+def test_a_decide_mechanism_named_at_start_runs_as_decide_and_the_model_still_proposes(tmp_path: Path) -> None:
+    from support import SyntheticExecutor, change
+
+    from graphs.run import execute
+    from nodes.scripted_model import ScriptedChatModel
+
+    script = [change("MATRIX_LR", v) for v in (0.05, 0.03, 0.06)]
+    final = execute(
+        config(tmp_path, iterations=3, mechanism="annealing"),
+        llm=ScriptedChatModel(script=script),
+        executor=SyntheticExecutor(),
+        inner_only=True,
+    )
+    experiments = final["experiments"]
+    assert [e["params"]["MATRIX_LR"] for e in experiments[1:]] == [0.05, 0.03, 0.06]  # proposed, not the incumbent
+    assert all(e["mechanism"].startswith("llm_greedy@") for e in experiments[1:])  # the model still proposes
+    calls = list(Ledger(tmp_path / "run").events("mechanism_call"))
+    decide_calls = [c for c in calls if str(c.get("mechanism", "")).startswith("annealing@")]
+    assert len(decide_calls) == 3 and all(c.get("ok") for c in decide_calls)  # one judgement per experiment
+    assert final["mechanisms"]["decide"]["name"] == "annealing"
+    assert all("improved" in e["reason"] or "T=" in e["reason"] for e in experiments[1:])
