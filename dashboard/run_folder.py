@@ -58,9 +58,11 @@ class RunData:
         return int(iterations) + 1 if isinstance(iterations, int) else None
 
     def counts(self) -> dict[str, int]:
+        """Kept, discarded and crashed experiments after the baseline (as summary.json and the report count them)."""
         out = {"keep": 0, "discard": 0, "crash": 0}
         for e in self.experiments:
-            out[str(e.get("status"))] = out.get(str(e.get("status")), 0) + 1
+            if e.get("proposal_source") != "baseline" and e.get("iteration") != 0:
+                out[str(e.get("status"))] = out.get(str(e.get("status")), 0) + 1
         return out
 
 

@@ -79,6 +79,12 @@ def test_run_page_draws_graphs_staircase_and_tables(client: TestClient, root: Pa
     rows = re.findall(r'<tr data-status="(\w+)" data-source="(\w+)" data-id="(e\d{4})">', page)
     assert [r[2] for r in rows] == [r["id"] for r in records]
     assert "mechanisms-table" in page and "llm-table" in page
+    summary = json.loads((root / "run-a" / "summary.json").read_text())  # the same counts as the run's own summary
+    kept, discarded, crashed = re.findall(
+        r'after the baseline\)</span><span class="value">(\d+) · (\d+) · (\d+)<', page
+    )[0]
+    assert (int(kept), int(crashed)) == (summary["kept"], summary["crashes"])
+    assert int(kept) + int(discarded) + int(crashed) == len(records) - 1
 
 
 def test_experiment_page_shows_diff_exchange_result_and_timing(client: TestClient, root: Path) -> None:
