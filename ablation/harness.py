@@ -1,10 +1,10 @@
 """The paired ablation: every group x repeat is one run of `graphs.run.execute`, in its own run folder.
 
-Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random" and "tpe" are the classical baselines, and
-"local" the LLM proposer's seeded fallback step alone, all three run at level 1 with their built-in mechanism as the
-proposer. All of them go through the same `execute`: the same segments,
-the same baseline experiment, the same keep/discard rule; only the level (or the proposer) differs. Repeat r uses the
-same seed in every group (paired design). The noise floor is measured first.
+Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random", "tpe" and "cmaes" are the classical
+baselines, "local" the LLM proposer's seeded fallback step alone and "centaur" CMA-ES with every third proposal the
+LLM's, all run at level 1 with their built-in mechanism as the proposer. All of them go through the same `execute`:
+the same segments, the same baseline experiment, the same keep/discard rule; only the level (or the proposer)
+differs. Repeat r uses the same seed in every group (paired design). The noise floor is measured first.
 
 The ablation folder::
 
@@ -49,9 +49,12 @@ from nodes.trainer import REPO_ROOT, Executor, TrainerSettings, Trial
 
 # Groups run at level 1 with a built-in proposer that never asks a model: the classical baselines, and "local" (the
 # LLM proposer's own seeded fallback step alone: what the model's choice adds over chance, on the same options)
-BASELINES = {"random": "random_search", "tpe": "tpe", "local": "local_search"}
+BASELINES = {"random": "random_search", "tpe": "tpe", "local": "local_search", "cmaes": "cma_es"}
+# Groups run at level 1 with a built-in proposer that asks the model for some of its proposals: "centaur" (CMA-ES,
+# every third proposal the LLM's)
+HYBRIDS = {"centaur": "centaur"}
 NO_MODEL = "none: this run never asks a model (any call fails)"
-GROUP_NAMES = (*GROUPS, *BASELINES)
+GROUP_NAMES = (*GROUPS, *BASELINES, *HYBRIDS)
 NOISE_SEED = 10_000  # noise-floor seeds: far from the repeats' seeds
 CONFIRM_SEED = 20_000  # seeds of the re-trainings of a run's best
 MANIFEST = "ablation.json"
@@ -104,7 +107,7 @@ class AblationSpec:
             model=self.model,
             base_url=self.base_url,
             max_llm_calls=self.max_llm_calls,
-            mechanism=BASELINES.get(group),
+            mechanism=BASELINES.get(group) or HYBRIDS.get(group),
             generate_mode=self.generate_mode,
             kill_after_s=self.kill_after_s,
             executor=self.executor,

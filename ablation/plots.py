@@ -24,6 +24,8 @@ COLOURS = {
     "random": "#8d99ae",
     "tpe": "#6a4c93",
     "local": "#b5838d",
+    "cmaes": "#3a86ff",
+    "centaur": "#ff006e",
 }
 
 

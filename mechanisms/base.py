@@ -31,8 +31,9 @@ ORIGINS = ("builtin", "composed", "generated")
 # Composable built-ins: offered to the outer loop's compose mode, held to the generated-code policy and the 1-3 rule.
 BUILTIN_NAMES = ("llm_greedy", "tabu", "bandit", "doe", "annealing", "stagnation")
 # Baselines of the ablation: trusted code in process (TPE uses optuna), started with --mechanism, never offered to the
-# outer loop; random search and TPE propose whole configurations (their modules declare MAX_CHANGES = None).
-BASELINE_NAMES = ("random_search", "tpe", "local_search")
+# outer loop; random search, TPE and CMA-ES propose whole configurations (their modules declare MAX_CHANGES = None);
+# centaur is CMA-ES with every third proposal the LLM's.
+BASELINE_NAMES = ("random_search", "tpe", "local_search", "cma_es", "centaur")
 ALL_BUILTIN_NAMES = BUILTIN_NAMES + BASELINE_NAMES
 PROPOSAL_KEYS = frozenset({"changes", "hypothesis", "expected_direction", "edits"})
 DECISION_KEYS = frozenset({"keep", "reason"})
