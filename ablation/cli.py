@@ -7,6 +7,8 @@
     python -m graphs.bilevel ablation sample --points 56 --replicates 4 --budget-s 20
     python -m graphs.bilevel ablation fit [--csv ablation/data/surrogate_samples.csv]
     python -m graphs.bilevel ablation pack runs/ablation-surrogate docs/results/ablation-surrogate.tar.gz
+    python -m graphs.bilevel ablation imp runs/ablation-surrogate --k 10 --seeds 10
+    python -m graphs.bilevel ablation bbob --functions 1,8,15,21 --instances 1,2 --seeds 3 --budget 100
 """
 
 from __future__ import annotations
@@ -282,6 +284,24 @@ def main_pack(argv: list[str]) -> int:
     return 0
 
 
+def main_imp(argv: list[str]) -> int:
+    from ablation.imp import DEFAULT_SURROGATE, ImpSettings, measure, table
+
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation imp")
+    ap.add_argument("out", type=Path, help="a finished ablation folder")
+    ap.add_argument("--k", type=int, default=10, help="experiments after the baseline, per frozen run")
+    ap.add_argument("--seeds", type=int, default=10, help="held-out seeds (30000, 30001, ...)")
+    ap.add_argument("--executor", default=f"surrogate:{DEFAULT_SURROGATE}", help="surrogate:PATH (a samples CSV)")
+    ap.add_argument("--extra", default="", help="built-ins measured as well, comma-separated (e.g. cma_es,tpe)")
+    args = ap.parse_args(argv)
+    executor = f"surrogate:{Path(args.executor.split(':', 1)[1]).resolve()}" if ":" in args.executor else args.executor
+    settings = ImpSettings(args.k, args.seeds, executor, [e.strip() for e in args.extra.split(",") if e.strip()])
+    figures = measure(args.out, settings, log=console.print)
+    console.print(table(figures))
+    console.print(f"report: [bold]{args.out / 'report' / 'imp.md'}[/]")
+    return 0
+
+
 def main_worker(argv: list[str]) -> int:
     """A worker process of `--workers`: one run of the ablation folder (started by the harness, not by hand)."""
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation worker")
@@ -302,6 +322,7 @@ COMMANDS = {
     "fit": main_fit,
     "pack": main_pack,
     "worker": main_worker,
+    "imp": main_imp,
 }
 
 

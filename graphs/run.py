@@ -70,7 +70,20 @@ def start_mechanism(config: RunConfig) -> MechanismRecord:
         write_atomic(folder / "source.py", spec.source)
         record["path"] = str((folder / "source.py").relative_to(config.run_dir))
         return record
+    if path.suffix == ".json" and path.exists():  # a run's mechanisms/<id>/record.json: a kept built-in or composed one
+        return recorded_builtin(path)
     return builtin_record(config.mechanism)
+
+
+def recorded_builtin(path: Path) -> MechanismRecord:
+    """A built-in or composed mechanism as a run recorded it (its name and parameters); a generated one starts from
+    the source.py beside its record instead (a module path: it runs in the sandbox)."""
+    import json
+
+    data = json.loads(path.read_text())
+    if data.get("origin") not in ("builtin", "composed"):
+        raise ValueError(f"{path} records a {data.get('origin')} mechanism: start it from its source.py")
+    return builtin_record(data["name"], data.get("params") or None)
 
 
 def llm_settings(config: RunConfig) -> LLMSettings:
