@@ -302,6 +302,40 @@ def main_imp(argv: list[str]) -> int:
     return 0
 
 
+def main_bbob(argv: list[str]) -> int:
+    from ablation.bbob import DEFAULT_FUNCTIONS, NO_LLM_MECHANISMS, OPTUNA_METHODS, BbobSettings, run_benchmark, table
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation bbob")
+    ap.add_argument("--functions", type=ints, default=list(DEFAULT_FUNCTIONS), help="BBOB function ids, 1-24")
+    ap.add_argument("--instances", type=ints, default=[1, 2])
+    ap.add_argument("--seeds", type=int, default=3, help="runs per method, function and instance")
+    ap.add_argument("--budget", type=int, default=100, help="evaluations per run, the centre included")
+    ap.add_argument("--dimension", type=int, default=5)
+    ap.add_argument(
+        "--methods",
+        default=",".join([*NO_LLM_MECHANISMS, *OPTUNA_METHODS]),
+        help="built-in mechanisms, mechanism modules (.py, sandboxed), optuna_cmaes, optuna_tpe, optuna_random",
+    )
+    ap.add_argument("--out", type=Path, help="the results folder (default runs/bbob-<time>)")
+    args = ap.parse_args(argv)
+    settings = BbobSettings(
+        args.functions,
+        args.instances,
+        args.seeds,
+        args.budget,
+        args.dimension,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+    )
+    out = args.out or new_run_dir(Path("runs"), "bbob")
+    figures = run_benchmark(out, settings, log=console.print)
+    console.print(table(figures))
+    console.print(f"results: [bold]{out / 'bbob.md'}[/]")
+    return 0
+
+
 def main_worker(argv: list[str]) -> int:
     """A worker process of `--workers`: one run of the ablation folder (started by the harness, not by hand)."""
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation worker")
@@ -323,6 +357,7 @@ COMMANDS = {
     "pack": main_pack,
     "worker": main_worker,
     "imp": main_imp,
+    "bbob": main_bbob,
 }
 
 

@@ -1,0 +1,94 @@
+"""BBOB as a task: the space, the regret and AOCC measures, every no-LLM mechanism and Optuna's samplers at equal
+evaluations from the centre, a generated module in the sandbox, and the CLI's cached, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ablation import cli
+from ablation.bbob import (
+    NO_LLM_MECHANISMS,
+    OPTUNA_METHODS,
+    BbobSettings,
+    Objective,
+    bbob_space,
+    regret,
+    run_mechanism,
+    run_one,
+)
+
+GENERATED = '''"""A generated mechanism: a Gaussian step of one coordinate from the incumbent."""
+
+NAME = "one_coordinate"
+TARGET = "propose"
+
+
+def propose(view):
+    name = view.rng.choice(list(view.free_names))
+    return {
+        "changes": view.space.neighbour(view.incumbent, view.rng, [name], 0.1),
+        "hypothesis": "one coordinate",
+        "expected_direction": "lower",
+    }
+'''
+
+
+def test_the_space_and_the_measures() -> None:
+    space = bbob_space(5)
+    assert space.names == tuple(f"x{i}" for i in range(5))
+    assert all(p.kind == "float" and (p.low, p.high, p.default) == (-5.0, 5.0, 0.0) for p in space)
+    assert regret(1e-9) == 0.0 and regret(1e-8) == 0.0 and regret(1e3) == 1.0
+    assert regret(1.0) == pytest.approx(0.8)
+    objective = Objective(1, 1, 5)
+    value = objective(space.defaults())
+    assert value > objective.optimum and objective.values == [value]
+    assert objective.curve() == [regret(value - objective.optimum)]
+
+
+@pytest.mark.parametrize("method", [*NO_LLM_MECHANISMS, *OPTUNA_METHODS])
+def test_every_method_gets_the_same_evaluations_from_the_centre(method: str) -> None:
+    settings = BbobSettings(budget=15)
+    result = run_one(method, 1, 1, 0, settings)
+    assert result["evaluations"] == 15 and 0.0 <= result["regret"] <= 1.0 and 0.0 <= result["aocc"] <= 1.0
+    start = Objective(1, 1, 5)
+    assert result["precision"] <= start(bbob_space().defaults()) - start.optimum  # never worse than the centre
+    assert run_one(method, 1, 1, 0, settings)["precision"] == result["precision"]  # seeded
+    if method in NO_LLM_MECHANISMS:
+        assert result["llm_asks"] == 0
+
+
+def test_a_mechanism_improves_on_the_sphere_and_the_best_is_monotone() -> None:
+    objective = Objective(1, 1, 5)
+    run_mechanism("cma_es", objective, 60, seed=1)
+    curve = objective.curve()
+    assert all(b <= a for a, b in zip(curve, curve[1:], strict=False)) and curve[-1] < curve[0]
+
+
+def test_a_generated_module_runs_in_the_sandbox(tmp_path: Path) -> None:
+    module = tmp_path / "one_coordinate.py"
+    module.write_text(GENERATED)
+    result = run_one(str(module), 1, 1, 0, BbobSettings(budget=8))
+    assert result["evaluations"] == 8 and result["fallbacks"] < 7  # its own proposals, not the fallback's
+
+
+def test_an_llm_mechanism_without_a_model_falls_back_every_time() -> None:
+    result = run_one("llm_greedy", 1, 1, 0, BbobSettings(budget=6))
+    assert result["llm_asks"] == 5 and result["fallbacks"] == 5
+
+
+def test_the_cli_writes_the_table_and_never_reruns_a_run(tmp_path: Path) -> None:
+    args = ["--functions", "1,15", "--instances", "1", "--seeds", "2", "--budget", "12", "--out", str(tmp_path)]
+    assert cli.main_bbob([*args, "--methods", "cma_es,local_search,optuna_random"]) == 0
+    figures = json.loads((tmp_path / "bbob.json").read_text())
+    assert len(figures["runs"]) == 3 * 2 * 2 and set(figures["methods"]) == {"cma_es", "local_search", "optuna_random"}
+    cell = figures["methods"]["cma_es"]["functions"]["15"]["regret"]
+    assert cell["n"] == 2 and not math.isnan(cell["mean"])
+    text = (tmp_path / "bbob.md").read_text()
+    assert "| cma_es |" in text and "f15 Rastrigin" in text and "Not run: llm_greedy" in text
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    assert cli.main_bbob([*args, "--methods", "cma_es,local_search,optuna_random"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == before
