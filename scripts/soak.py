@@ -56,7 +56,7 @@ def scripted_answer(messages: list[Any]) -> Any:
     if system == ADJUST_SYSTEM:
         return {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
     if system == ANALYZE_SYSTEM:
-        return {"bottleneck": "the search repeats itself", "evidence": "trace", "ideas": ["coordinate descent"]}
+        return {"finding": "uneven", "ideas": ["coordinate descent"]}
     if system == COMPOSE_SYSTEM:
         return {"family": "tabu", "params": [], "rationale": "avoid repeats"}
     if system == GENERATE_SYSTEM:

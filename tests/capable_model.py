@@ -515,11 +515,7 @@ def answer_for(messages: list[Any], generate_answer: Callable[[], Any]) -> Any:
     if system == ADJUST_SYSTEM:
         return {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
     if system == ANALYZE_SYSTEM:
-        return {
-            "bottleneck": "the search repeats itself around MATRIX_LR",
-            "evidence": "most experiments changed only MATRIX_LR",
-            "ideas": ["tabu search", "a bandit over step sizes", "a trust region"],
-        }
+        return {"finding": "uneven", "ideas": ["tabu search", "a bandit over step sizes", "a trust region"]}
     if system == COMPOSE_SYSTEM:
         return {"family": "tabu", "params": [], "rationale": "avoid repeats"}
     if system == GENERATE_SYSTEM:

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02)]
 VALID_ADJUST = {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
 INVALID_ADJUST = {"strategy": "no such strategy"}
-DIAGNOSIS = {"bottleneck": "the search repeats itself", "evidence": "repeats", "ideas": ["tabu search"]}
+DIAGNOSIS = {"finding": "uneven", "ideas": ["tabu search"]}
 COMPOSITION = {"family": "tabu", "params": [{"name": "radius", "value": "0.1"}], "rationale": "r"}
 REFUSED_CODE = {
     "name": "bad",

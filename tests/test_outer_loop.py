@@ -65,11 +65,7 @@ def router(
         if system == ADJUST_SYSTEM:
             return adjust or {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
         if system == ANALYZE_SYSTEM:
-            return {
-                "bottleneck": "the search repeats itself",
-                "evidence": "repeated configurations",
-                "ideas": ["coordinate descent", "tabu search"],
-            }
+            return {"finding": "uneven", "ideas": ["coordinate descent", "tabu search"]}
         if system == COMPOSE_SYSTEM:
             return compose or {"family": "tabu", "params": [{"name": "radius", "value": "0.1"}], "rationale": "r"}
         if system == GENERATE_SYSTEM:

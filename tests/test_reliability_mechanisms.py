@@ -245,7 +245,7 @@ def router(source: str) -> Callable[[list[Any]], Any]:
         if system == ADJUST_SYSTEM:
             return {"strategy": "exploit", "freeze": [], "unfreeze": [], "guidance": "small steps"}
         if system == ANALYZE_SYSTEM:
-            return {"bottleneck": "the search repeats itself", "evidence": "e", "ideas": ["tabu search"]}
+            return {"finding": "uneven", "ideas": ["tabu search"]}
         if system == GENERATE_SYSTEM:
             if "refused by the validator" in str(messages[1].content):
                 return "I cannot fix it."
