@@ -262,8 +262,8 @@ def active_source(state: OuterState, ctx: OuterContext) -> str:
 def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[str]) -> str:
     """The run's search space as the model reads it: one row per parameter, with the incumbent's value."""
     rows = [
-        "| name | kind | range or choices | scale | multiple_of | incumbent | frozen |",
-        "|---|---|---|---|---|---|---|",
+        "| name | kind | range or choices | scale | multiple_of | incumbent | frozen | meaning |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in space:
         if p.kind in ("int", "float") and p.low is not None and p.high is not None:
@@ -274,7 +274,8 @@ def space_table(space: SearchSpace, incumbent: Mapping[str, Any], frozen: list[s
         value = incumbent.get(p.name, p.default)
         rule = "*".join(p.multiple_of) or "-"
         frozen_text = "yes" if p.name in frozen else "no"
-        rows.append(f"| {p.name} | {p.kind} | {bounds} | {scale} | {rule} | {value!r} | {frozen_text} |")
+        meaning = " ".join(p.doc.split()).replace("|", "/") or "-"
+        rows.append(f"| {p.name} | {p.kind} | {bounds} | {scale} | {rule} | {value!r} | {frozen_text} | {meaning} |")
     return "\n".join(rows)
 
 

@@ -220,8 +220,9 @@ proposer answers that experiment instead.
 ## The search space: `view.space`
 - `view.space.names` -> tuple of names; `name in view.space`; `for p in view.space`; `view.space[name]` -> the
   parameter `p`: `p.name`, `p.kind` ("int" | "float" | "choice" | "bool"), `p.low`, `p.high`, `p.choices` (tuple),
-  `p.log` (bool: log scale), `p.frozen`, `p.default`, `p.multiple_of` (tuple of names), `p.to_unit(value)` -> float
-  in [0, 1] (log-aware; the index for choices) and `p.from_unit(u)` -> the value at u (ints rounded).
+  `p.log` (bool: log scale), `p.frozen`, `p.default`, `p.multiple_of` (tuple of names), `p.doc` (what it means),
+  `p.to_unit(value)` -> float in [0, 1] (log-aware; the index for choices) and `p.from_unit(u)` -> the value at u
+  (ints rounded).
 - `defaults()` -> dict; `free_names(frozen=())` -> tuple; `groups(frozen=())` -> dict group -> names.
 - `neighbour(params, rng, names, scale=0.1)` -> dict of changes moving every name in `names` away from its value in
   `params` (a Gaussian step of width `scale` in unit space; choices move, bools flip; `multiple_of` repaired).
