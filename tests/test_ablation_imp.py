@@ -92,3 +92,17 @@ def test_imp_runs_each_kept_mechanism_frozen_against_the_references(ablation_roo
     before = {p: p.stat().st_mtime_ns for p in (root / "imp").glob("*/s*/summary.json")}
     assert cli.main_imp([str(root), "--k", "3", "--seeds", "3", "--executor", executor, "--extra", "cma_es"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (root / "imp").glob("*/s*/summary.json")} == before
+
+
+def test_a_recorded_mechanism_starts_a_run_by_its_record(tmp_path: Path) -> None:
+    from graphs.run import start_mechanism
+    from graphs.runs import RunConfig
+    from nodes.mechanism_loader import builtin_record
+
+    composed = builtin_record("tabu", {"radius": 0.2})
+    (tmp_path / "record.json").write_text(json.dumps({**composed, "status": "injected", "cycle": 1}))
+    config = RunConfig(run_dir=str(tmp_path / "run"), mechanism=str(tmp_path / "record.json"))
+    assert start_mechanism(config) == composed  # the same id: the same source and parameters
+    (tmp_path / "generated.json").write_text(json.dumps({**composed, "origin": "generated"}))
+    with pytest.raises(ValueError, match="source.py"):
+        start_mechanism(RunConfig(run_dir=str(tmp_path / "run"), mechanism=str(tmp_path / "generated.json")))
