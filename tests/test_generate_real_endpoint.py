@@ -22,7 +22,7 @@ SAMPLES = ROOT / "ablation" / "data" / "surrogate_samples.csv"
 @pytest.mark.slow
 def test_a_generate_mode_run_against_a_plain_endpoint_goes_to_the_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    # 8192 tokens: SmolLM2's trained context; the generate prompt alone is about 3,800 tokens
+    # 8192 tokens: SmolLM2's trained context; the generate prompt alone is about 4,000 tokens
     with LocalModelServer(n_ctx=8192, log_path=tmp_path / "server.log") as server:
         command = [
             sys.executable, "-m", "graphs.bilevel", "--llm-base-url", server.base_url, "--llm-model", MODEL_ALIAS,
