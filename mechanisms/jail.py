@@ -161,7 +161,10 @@ class Jail:
         cmd += ["--clearenv"]
         for key, value in self.env.items():
             cmd += ["--setenv", key, value]
-        cmd += ["--remount-ro", "/", "--chdir", self.cwd, "--", *argv]  # the skeleton bwrap built, read-only too
+        program = argv[0]
+        if os.sep in program and not os.path.isabs(program):  # relative to our cwd, not the sandbox's
+            program = os.path.abspath(program)
+        cmd += ["--remount-ro", "/", "--chdir", self.cwd, "--", program, *argv[1:]]  # the skeleton, read-only too
         return cmd
 
 

@@ -174,3 +174,18 @@ def test_the_ray_task_runs_a_trial_like_the_local_executor(monkeypatch: pytest.M
     assert found["uid"] == jail.SANDBOX_UID and len(found["pids"]) <= 3 and found["as"] == 2 << 30
     assert "OPENAI_API_KEY" not in found["env"] and "sk-planted-ray" not in reply["log"]
     assert prepared == ["shakespeare"]
+
+
+def test_an_interpreter_named_by_a_relative_path_starts_in_the_sandbox(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(Path(sys.executable).parent.parent.parent)  # the folder that holds .venv
+    relative = os.path.relpath(sys.executable)
+    assert not os.path.isabs(relative) and os.sep in relative
+    box = jail.Jail(env={"PATH": jail.SANDBOX_PATH}, cwd=str(tmp_path), writable=(str(tmp_path),))
+    child = jail.spawn([relative, "-S", "-c", "print('inside')"], box, jail.Rlimits(30, None, 1 << 20, 64, 64),
+                       stdout=subprocess.PIPE)  # fmt: skip
+    out, _ = child.popen.communicate(timeout=60)
+    assert child.popen.returncode == 0 and out.strip() == b"inside"
