@@ -13,7 +13,7 @@ Reported as LLM-designed optimisers are (LLaMEA on BBOB): per run the best-so-fa
 a normalised regret r = (log10(clip(precision, 1e-8, 1e2)) + 8) / 10 in [0, 1] (0: the 1e-8 target hit), and the
 AOCC, the mean over the evaluations of 1 − r of the best so far (the area over the convergence curve; 1 is best).
 Mechanisms that ask an LLM (llm_greedy, tabu, bandit, doe, stagnation, centaur) need a model per proposal and are
-listed as not run; decide mechanisms (annealing) pair with a proposer and are not run alone.
+listed as not run; a decide mechanism (annealing) runs beside a proposer, named ``PROPOSER+DECIDER``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ import ioh
 import optuna
 
 from ablation.stats import bootstrap_ci, mean_sd
-from mechanisms.base import MechanismSpec, MechanismView, check_proposal, proposal_cap, view_payload, view_seed
+from mechanisms.base import (
+    MechanismSpec,
+    MechanismView,
+    check_decision,
+    check_proposal,
+    proposal_cap,
+    view_payload,
+    view_seed,
+)
 from mechanisms.cma_es import SIGMA0
 from mechanisms.local_search import config_key, local_step, tried_configs
 from mechanisms.space import Param, SearchSpace
@@ -48,7 +56,7 @@ NOT_RUN = {
     "doe": "asks the LLM once its design is exhausted",
     "stagnation": "asks the LLM",
     "centaur": "asks the LLM every third proposal",
-    "annealing": "a decide mechanism: it needs a proposer",
+    "annealing": "a decide mechanism: run it beside a proposer, e.g. local_search+annealing",
 }
 OPTUNA_METHODS = ("optuna_cmaes", "optuna_tpe", "optuna_random")
 DEFAULT_FUNCTIONS = (1, 8, 15, 21)  # sphere, Rosenbrock, Rastrigin (rotated), Gallagher's 101 peaks
@@ -120,15 +128,17 @@ def mechanism_fn(name: str) -> tuple[Callable[[dict[str, Any], Any], dict[str, A
 
 def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> dict[str, Any]:
     """``budget`` evaluations of the mechanism ``name``: the default first, then its proposals; the inner loop's
-    greedy rule and its recorded fallback step."""
-    fn, mech_name, origin = mechanism_fn(name)
+    greedy rule (or, for ``PROPOSER+DECIDER``, the decide mechanism's verdict) and its recorded fallback step."""
+    proposer, _, decider = name.partition("+")
+    fn, mech_name, origin = mechanism_fn(proposer)
+    decide = mechanism_fn(decider)[0] if decider else None
     space = bbob_space(objective.dimension)
     incumbent = space.defaults()
     best = objective(incumbent)
     trace: list[Mapping[str, Any]] = [
         {"id": "e0000", "iteration": 0, "params": incumbent, "changes": {}, "status": "keep", "val_bpb": best}
     ]
-    fallbacks, asked = 0, 0
+    fallbacks, asked, decisions = 0, 0, 0
 
     def no_model(guidance: str, constraints: Mapping[str, Any] | None) -> dict[str, Any]:
         nonlocal asked
@@ -162,20 +172,37 @@ def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> di
             changes = step or space.neighbour(incumbent, rng, [rng.choice(space.free_names())], 0.25)
         params = {**incumbent, **changes}
         value = objective(params)
+        record = {
+            "id": f"e{iteration:04d}",
+            "iteration": iteration,
+            "params": params,
+            "changes": changes,
+            "status": "pending",
+            "val_bpb": value,
+        }
         keep = value < best
-        trace.append(
-            {
-                "id": f"e{iteration:04d}",
-                "iteration": iteration,
-                "params": params,
-                "changes": changes,
-                "status": "keep" if keep else "discard",
-                "val_bpb": value,
-            }
-        )
+        if decide is not None:  # as the decide node: its verdict where valid, else the greedy rule
+            judged = view_payload(
+                trace=trace,
+                space=space,
+                incumbent=incumbent,
+                best_bpb=best,
+                iteration=iteration,
+                seed=view_seed(seed, iteration, "decide"),
+                settings=settings,
+                result=record,
+            )
+            try:
+                verdict = decide(judged, no_model)
+                if not check_decision(verdict):
+                    keep, decisions = bool(verdict["keep"]), decisions + 1
+            except Exception:  # noqa: BLE001 - a failed decide call leaves the greedy rule's verdict
+                pass
+        trace.append({**record, "status": "keep" if keep else "discard"})
         if keep:
-            best, incumbent = value, params
-    return {"fallbacks": fallbacks, "llm_asks": asked}
+            incumbent = params
+            best = min(best, value)
+    return {"fallbacks": fallbacks, "llm_asks": asked, "decisions": decisions}
 
 
 def run_optuna(method: str, objective: Objective, budget: int, seed: int) -> dict[str, Any]:
@@ -282,7 +309,7 @@ def analyse(results: list[dict[str, Any]], settings: BbobSettings) -> dict[str, 
         "settings": {k: getattr(settings, k) for k in ("functions", "instances", "seeds", "budget", "dimension")},
         "functions": {str(f): n for f, n in functions.items()},
         "methods": cells,
-        "not_run": {k: v for k, v in NOT_RUN.items() if k not in settings.methods},
+        "not_run": {k: v for k, v in NOT_RUN.items() if not any(k in m.split("+") for m in settings.methods)},
         "runs": results,
     }
 

@@ -317,7 +317,8 @@ def main_bbob(argv: list[str]) -> int:
     ap.add_argument(
         "--methods",
         default=",".join([*NO_LLM_MECHANISMS, *OPTUNA_METHODS]),
-        help="built-in mechanisms, mechanism modules (.py, sandboxed), optuna_cmaes, optuna_tpe, optuna_random",
+        help="built-in mechanisms (PROPOSER+DECIDER pairs a decide one), mechanism modules (.py, sandboxed), "
+        "optuna_cmaes, optuna_tpe, optuna_random",
     )
     ap.add_argument("--out", type=Path, help="the results folder (default runs/bbob-<time>)")
     args = ap.parse_args(argv)

@@ -92,3 +92,14 @@ def test_the_cli_writes_the_table_and_never_reruns_a_run(tmp_path: Path) -> None
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     assert cli.main_bbob([*args, "--methods", "cma_es,local_search,optuna_random"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == before
+
+
+def test_a_decide_mechanism_runs_beside_a_proposer() -> None:
+    greedy = Objective(1, 1, 5)
+    run_mechanism("local_search", greedy, 30, seed=2)
+    annealed = Objective(1, 1, 5)
+    result = run_mechanism("local_search+annealing", annealed, 30, seed=2)
+    assert len(annealed.values) == 30 and result["llm_asks"] == 0 and result["decisions"] == 29
+    # its temperature is in val_bpb units (t0 = 0.01): a sphere's differences of whole units are never accepted, so
+    # here its verdicts are the greedy rule's
+    assert annealed.values == greedy.values
