@@ -31,6 +31,7 @@ from nodes.state import InnerState
 
 HISTORY_SHOWN = 10
 COMPACT_HISTORY = 6  # experiments the embedded model's prompt shows (each a few tokens)
+COMPACT_LINE = 80  # characters of one experiment's changes in that history (a whole-configuration draw is longer)
 # No string field of a schema carries maxLength: llama.cpp compiles it into one grammar rule per character and
 # fails on long ones. `ask_structured` refuses oversized fields instead.
 
@@ -217,7 +218,7 @@ def compact_history(experiments: list[dict[str, Any]], shown: int = COMPACT_HIST
     for e in experiments[-shown:]:
         bpb = f"{e['val_bpb']:.4f}" if isinstance(e.get("val_bpb"), float) else "-"
         what = e.get("description") or ", ".join(f"{k}={format_value(v)}" for k, v in e.get("changes", {}).items())
-        lines.append(f"{what or 'baseline'}: {bpb} {e['status']}")
+        lines.append(f"{(what or 'baseline')[:COMPACT_LINE]}: {bpb} {e['status']}")
     return "\n".join(lines) or "(none yet)"
 
 
