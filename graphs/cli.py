@@ -217,8 +217,12 @@ def main_run(argv: list[str], *, bilevel: bool) -> int:
     config = config_from(ap.parse_args(argv), bilevel=bilevel)
     console.print(
         f"run folder [bold]{config.run_dir}[/], level {config.level}, {config.iterations} iterations of "
-        f"{config.budget_s:g} s" + (f" [yellow](surrogate: {config.executor.split(':', 1)[1]})[/]"
-                                  if config.executor.startswith("surrogate:") else "")
+        f"{config.budget_s:g} s"
+        + (
+            f" [yellow](surrogate: {config.executor.split(':', 1)[1]})[/]"
+            if config.executor.startswith("surrogate:")
+            else ""
+        )
     )
     started = time.monotonic()
     try:

@@ -70,44 +70,47 @@ FORBIDDEN_CALLS = frozenset(
         "hasattr",
     }
 )
-FORBIDDEN_ATTRIBUTES = frozenset(
-    {
-        "f_globals",
-        "f_locals",
-        "f_builtins",
-        "f_back",
-        "f_code",
-        "f_trace",
-        "gi_frame",
-        "gi_code",
-        "cr_frame",
-        "cr_code",
-        "ag_frame",
-        "ag_code",
-        "tb_frame",
-        "tb_next",
-        "co_code",
-        "func_globals",
-        "environ",
-        "mro",
-        "format_map",
-        # numpy's file and pickle I/O (the sandbox has no file to read and nowhere to write; say so early)
-        "load",
-        "save",
-        "savez",
-        "savez_compressed",
-        "fromfile",
-        "tofile",
-        "memmap",
-        "loadtxt",
-        "savetxt",
-        "genfromtxt",
-        "fromregex",
-        "DataSource",
-        "ctypeslib",
-        "dump",
-    }
-) | FORBIDDEN_MODULES  # a forbidden module reached as an attribute of an allowed one: typing.sys, dataclasses.sys
+FORBIDDEN_ATTRIBUTES = (
+    frozenset(
+        {
+            "f_globals",
+            "f_locals",
+            "f_builtins",
+            "f_back",
+            "f_code",
+            "f_trace",
+            "gi_frame",
+            "gi_code",
+            "cr_frame",
+            "cr_code",
+            "ag_frame",
+            "ag_code",
+            "tb_frame",
+            "tb_next",
+            "co_code",
+            "func_globals",
+            "environ",
+            "mro",
+            "format_map",
+            # numpy's file and pickle I/O (the sandbox has no file to read and nowhere to write; say so early)
+            "load",
+            "save",
+            "savez",
+            "savez_compressed",
+            "fromfile",
+            "tofile",
+            "memmap",
+            "loadtxt",
+            "savetxt",
+            "genfromtxt",
+            "fromregex",
+            "DataSource",
+            "ctypeslib",
+            "dump",
+        }
+    )
+    | FORBIDDEN_MODULES
+)  # a forbidden module reached as an attribute of an allowed one: typing.sys, dataclasses.sys
 ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 DUNDER_METHODS = frozenset(
     {
