@@ -169,3 +169,32 @@ def test_divergence_exits_3_fast(env: dict[str, str], tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "diverged" in proc.stderr
     assert not out.exists()
+
+
+def test_evaluation_batches_are_large_and_never_longer_than_the_targets() -> None:
+    def trained(seq_len: int, batch: int) -> runtime.Trained:
+        return runtime.Trained(None, 0.0, 0, 1, seq_len, batch)  # type: ignore[arg-type]
+
+    assert runtime.eval_rows(trained(256, 16), 65_536) == 64  # 16,384 tokens a forward
+    assert runtime.eval_rows(trained(2048, 32), 65_536) == 32  # train.py's own batch is already larger
+    assert runtime.eval_rows(trained(256, 16), 2_000) == 8  # only 8 windows to score: no padded rows
+    assert runtime.eval_rows(trained(64, 1), 64) == 1
+
+
+def test_the_figure_does_not_depend_on_the_evaluation_batch(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from gpt import train as T
+
+    monkeypatch.setenv("BILEVEL_CACHE", env["BILEVEL_CACHE"])
+    data = prepare.load_data(env["CORPUS"], VOCAB)
+    torch.manual_seed(0)
+    model = T.GPT(data.vocab_size, 2, 64, 32, 128, 15.0)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    figures = {rows: evaluate.evaluate_bpb(model, data, 4096, 128, rows, "cpu") for rows in (4, 16, 32)}
+    assert figures[4] == pytest.approx(figures[16], rel=1e-6) and figures[16] == pytest.approx(figures[32], rel=1e-6)
