@@ -99,6 +99,7 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     if answer.value is None:
         ctx.inner.ledger.event(
             "adjust",
+            event_id=f"cycle-{state.get('cycle', 0):03d}:adjust",  # a replay after a kill writes it once
             cycle=state.get("cycle", 0),
             applied=False,
             errors=answer.errors,
@@ -114,6 +115,12 @@ def adjust(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     frozen, notes = apply_caps(frozen_now, freeze, unfreeze, free, ctx.max_new_freezes, ctx.min_active)
     new_settings = {"strategy": value.strategy, "frozen": frozen, "guidance": "" if compact else value.guidance}
     ctx.inner.ledger.event(
-        "adjust", cycle=state.get("cycle", 0), applied=True, before=settings, after=new_settings, cap_notes=notes
+        "adjust",
+        event_id=f"cycle-{state.get('cycle', 0):03d}:adjust",
+        cycle=state.get("cycle", 0),
+        applied=True,
+        before=settings,
+        after=new_settings,
+        cap_notes=notes,
     )
     return {"inner": {**inner, "settings": new_settings}}

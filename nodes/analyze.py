@@ -239,5 +239,8 @@ def analyze(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]
         diagnosis = diagnosis_of(chosen, ideas, "llm")
     diagnosis["trace_summary"] = summary
     diagnosis["supported"] = [f.id for f in supported]
-    ctx.inner.ledger.event("analyze", cycle=state.get("cycle", 0), diagnosis=diagnosis, errors=answer.errors)
+    cycle = state.get("cycle", 0)
+    ctx.inner.ledger.event(  # one event per cycle: a replay after a kill does not write it twice
+        "analyze", event_id=f"cycle-{cycle:03d}:analyze", cycle=cycle, diagnosis=diagnosis, errors=answer.errors
+    )
     return {"diagnosis": diagnosis, "repairs": 0, "validation": None}
