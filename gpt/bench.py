@@ -54,7 +54,7 @@ class OurStep:
         torch.manual_seed(0)
         self.model = T.GPT(vocab, T.DEPTH, model_dim(), T.HEAD_DIM, T.SEQ_LEN, T.LOGIT_SOFTCAP).to(device)
         self.model.init_weights()
-        self.optimizers = T.make_optimizers(self.model)
+        self.optimizers = T.make_optimizers(self.model, torch.bfloat16 if device == "cuda" else dtype)
         self.step_model = torch.compile(self.model) if T.COMPILE and device != "mps" else self.model
         self.accum = T.TOTAL_BATCH_TOKENS // (T.DEVICE_BATCH_SIZE * T.SEQ_LEN)
         idx = torch.randint(0, vocab, (T.DEVICE_BATCH_SIZE, T.SEQ_LEN + 1), device=device)

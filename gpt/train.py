@@ -152,10 +152,10 @@ class GPT(nn.Module):
 
 
 @torch.no_grad()
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
     """Newton-Schulz iteration towards the nearest semi-orthogonal matrix, batched over the leading dimension."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients tuned for fast convergence (Keller Jordan's Muon)
-    x = g.bfloat16() if g.is_cuda else g.float()  # bf16 is fast on GPUs; fp32 is faster on CPUs without AMX
+    x = g.to(dtype)  # the run's compute dtype: bf16 where its matmuls are faster (GPUs, CPUs with AMX), else fp32
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
@@ -169,7 +169,10 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, orthogonalised per matrix; same-shaped matrices go through Newton-Schulz as one batch."""
 
-    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> None:
+    def __init__(
+        self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float, dtype: torch.dtype
+    ) -> None:
+        self.dtype = dtype
         by_shape: dict[tuple[int, int], list[nn.Parameter]] = {}
         for p in params:
             by_shape.setdefault((p.shape[-2], p.shape[-1]), []).append(p)
@@ -185,7 +188,7 @@ class Muon(torch.optim.Optimizer):
             state = self.state[ps[0]]
             buf = state.setdefault("momentum", torch.zeros_like(g))
             buf.lerp_(g, 1 - group["momentum"])
-            update = orthogonalize(g.lerp_(buf, group["momentum"]))
+            update = orthogonalize(g.lerp_(buf, group["momentum"]), self.dtype)
             lr = group["lr"] * max(1.0, rows / cols) ** 0.5
             offset = 0
             for p in ps:
@@ -195,7 +198,7 @@ class Muon(torch.optim.Optimizer):
                 offset += n
 
 
-def make_optimizers(model: GPT) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: GPT, dtype: torch.dtype = torch.float32) -> list[torch.optim.Optimizer]:
     dim = model.embed.embedding_dim
     scale = (dim / 768) ** -0.5  # AdamW rates of embedding and head were tuned at width 768
     matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
@@ -210,7 +213,7 @@ def make_optimizers(model: GPT) -> list[torch.optim.Optimizer]:
     fused = model.embed.weight.device.type in ("cpu", "cuda")  # one kernel for all tensors where torch has one
     optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=fused)]
     if OPTIMIZER == "muon":
-        optimizers.append(Muon(matrices, MATRIX_LR, MUON_MOMENTUM, WEIGHT_DECAY))
+        optimizers.append(Muon(matrices, MATRIX_LR, MUON_MOMENTUM, WEIGHT_DECAY, dtype))
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
@@ -264,7 +267,7 @@ def train(run: runtime.Run) -> runtime.Trained:
 
     model = GPT(run.data.vocab_size, DEPTH, model_dim, HEAD_DIM, SEQ_LEN, LOGIT_SOFTCAP).to(run.device)
     model.init_weights()
-    optimizers = make_optimizers(model)
+    optimizers = make_optimizers(model, torch.bfloat16 if run.device == "cuda" else run.dtype)
     # compiling happens in the first steps, which the clock does not count; evaluation uses the eager model
     step_model = torch.compile(model) if COMPILE and run.device != "mps" else model
 
