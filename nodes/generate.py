@@ -115,17 +115,7 @@ def compose_enumerated(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
         rationale, source = "fallback: the LLM gave no valid composition", "fallback"
     else:
         (family, params), rationale, source = options[value.mechanism], f"chose {value.mechanism}", "llm"
-    record = mechanism_record(family, "composed", builtin_source(family), params)
-    ctx.inner.ledger.event(
-        "generate",
-        cycle=state.get("cycle", 0),
-        mode="compose",
-        candidate=record,
-        rationale=rationale,
-        source=source,
-        errors=answer.errors,
-    )
-    return {"candidate": record, "candidate_source": builtin_source(family)}
+    return composed(state, ctx, family, params, rationale, source, answer.errors)
 
 
 def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
@@ -174,15 +164,30 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     else:
         value: Any = answer.value
         family, rationale, source = value.family, value.rationale, "llm"
-    record = mechanism_record(family, "composed", builtin_source(family), chosen["params"])
+    return composed(state, ctx, family, chosen["params"], rationale, source, answer.errors)
+
+
+def composed(
+    state: OuterState,
+    ctx: OuterContext,
+    family: str,
+    params: dict[str, Any],
+    rationale: str,
+    source: str,
+    errors: list[str],
+) -> dict[str, Any]:
+    """The composed candidate `family(params)`, recorded once per cycle (a replay after a kill writes it once)."""
+    record = mechanism_record(family, "composed", builtin_source(family), params)
+    cycle = state.get("cycle", 0)
     ctx.inner.ledger.event(
         "generate",
-        cycle=state.get("cycle", 0),
+        event_id=f"cycle-{cycle:03d}:generate:compose:{record['id']}",
+        cycle=cycle,
         mode="compose",
         candidate=record,
         rationale=rationale,
         source=source,
-        errors=answer.errors,
+        errors=errors,
     )
     return {"candidate": record, "candidate_source": builtin_source(family)}
 
