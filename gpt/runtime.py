@@ -53,7 +53,7 @@ BLOCK_END = "# ---- end of hyperparameters ----"
 EXCLUDED_STEPS = 2  # compile and allocator warm-up happen here; they train but do not count against the budget
 DEFAULT_BUDGET_S = 300.0
 MAX_LOSS = 100.0
-EVAL_TOKENS_PER_FORWARD = 16_384  # evaluation batches of at least this many tokens (see eval_rows)
+EVAL_TOKENS_PER_FORWARD = 8_192  # evaluation batches of at least this many tokens (see eval_rows)
 EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
 SUMMARY_KEYS = (
     "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
@@ -323,7 +323,9 @@ def summary_block(result: dict[str, Any]) -> str:
 def eval_rows(trained: Trained, eval_tokens: int) -> int:
     """Windows per evaluation forward: at least train.py's own batch, and enough to fill EVAL_TOKENS_PER_FORWARD
     tokens, but never more windows than the targets need. Every window is scored on its own, so the batch changes
-    how fast the figure comes, not the figure (on the 2-core CPU, 64 windows of 256 evaluate 2.7x faster than 16)."""
+    how fast the figure comes, not the figure. On the 2-core CPU (65,536 tokens, windows of 256), quiet: 16, 32 and
+    64 windows took 3.1-3.2, 3.0-3.35 and 3.6-3.7 s; under load (load average about 7), 32 and 64 windows ran 1.7x
+    and 2.7x faster than 16."""
     windows = math.ceil(eval_tokens / trained.seq_len)
     return max(1, min(max(trained.eval_batch_size, EVAL_TOKENS_PER_FORWARD // trained.seq_len), windows))
 

@@ -175,9 +175,10 @@ def test_evaluation_batches_are_large_and_never_longer_than_the_targets() -> Non
     def trained(seq_len: int, batch: int) -> runtime.Trained:
         return runtime.Trained(None, 0.0, 0, 1, seq_len, batch)  # type: ignore[arg-type]
 
-    assert runtime.eval_rows(trained(256, 16), 65_536) == 64  # 16,384 tokens a forward
+    assert runtime.eval_rows(trained(256, 16), 65_536) == 32  # 8,192 tokens a forward
     assert runtime.eval_rows(trained(2048, 32), 65_536) == 32  # train.py's own batch is already larger
     assert runtime.eval_rows(trained(256, 16), 2_000) == 8  # only 8 windows to score: no padded rows
+    assert runtime.eval_rows(trained(128, 64), 65_536) == 64  # train.py's batch when it is the larger
     assert runtime.eval_rows(trained(64, 1), 64) == 1
 
 
