@@ -244,7 +244,7 @@ def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tup
     except WorkerError as e:
         outcome = run_training(settings, folder)
         return {**outcome, "warm_worker": f"failed, trained cold: {e}"}, 0.0
-    outcome = read_outcome(result_json, log, run.returncode or 0, run.timed_out, time.monotonic() - start,
+    outcome = read_outcome(result_json, log, run.returncode, run.timed_out, time.monotonic() - start,
                            settings.timeout_s)  # fmt: skip
     return {**outcome, "warm_worker": "used"}, run.cpu_seconds
 

@@ -49,6 +49,23 @@ def make_run(
     return run_dir
 
 
+def served_runs(base: Path, secret: str, with_report: bool = False) -> Path:
+    """runs/ under `base` with one Level-2 run and the packed real ablation unpacked beside it (with the report its
+    `ablation report` wrote, if asked), and a file holding `secret` outside it."""
+    import shutil
+    import tarfile
+
+    repo = Path(__file__).resolve().parent.parent
+    runs = base / "runs"
+    make_run(runs / "run-a")
+    with tarfile.open(repo / "docs/results/ablation-real.tar.gz") as tar:
+        tar.extractall(runs, filter="data")
+    if with_report:
+        shutil.copytree(repo / "docs/results/ablation-real", runs / "ablation-real" / "report")
+    (base / "secret.txt").write_text(secret)
+    return runs
+
+
 def events(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines() if line.strip()]
 

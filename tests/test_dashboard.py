@@ -9,12 +9,11 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
-from dashboard_support import append_experiment, events, make_run, serve
+from dashboard_support import append_experiment, events, make_run, serve, served_runs
 from starlette.testclient import TestClient
 
 from dashboard import folders
@@ -31,16 +30,7 @@ SECRET = "top-secret-outside-the-served-folder"
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """runs/ with one Level-2 run and the packed real ablation unpacked next to it; a secret file outside."""
-    base = tmp_path_factory.mktemp("dash")
-    runs = base / "runs"
-    make_run(runs / "run-a")
-    with tarfile.open(REPO / "docs/results/ablation-real.tar.gz") as tar:
-        tar.extractall(runs, filter="data")
-    shutil.copytree(
-        REPO / "docs/results/ablation-real", runs / "ablation-real" / "report"
-    )  # what `ablation report` wrote
-    (base / "secret.txt").write_text(SECRET)
-    return runs
+    return served_runs(tmp_path_factory.mktemp("dash"), SECRET, with_report=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from dashboard_support import append_experiment, events, make_run, serve
+from dashboard_support import append_experiment, events, serve, served_runs
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
@@ -37,13 +35,7 @@ SECRET = "secret-outside-the-dashboard"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("browser")
-    runs = base / "runs"
-    make_run(runs / "run-a")
-    with tarfile.open(REPO / "docs/results/ablation-real.tar.gz") as tar:
-        tar.extractall(runs, filter="data")
-    (base / "secret.txt").write_text(SECRET)
-    return runs
+    return served_runs(tmp_path_factory.mktemp("browser"), SECRET)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ class WorkerError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialRun:
-    returncode: int | None
+    returncode: int  # negative: the signal that ended the trial
     timed_out: bool
     cpu_seconds: float  # the trial's own CPU time (the worker reaps it, so the parent's rusage does not see it)
 
