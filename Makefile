@@ -16,7 +16,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: setup
-	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy gpt nodes graphs mechanisms checkpoints ablation dashboard trials
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy gpt nodes graphs mechanisms checkpoints llm trials ablation dashboard
 
 bench: setup
 	$(PY) -m gpt.bench $(ARGS)

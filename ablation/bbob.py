@@ -32,6 +32,7 @@ import ioh
 import optuna
 
 from ablation.stats import bootstrap_ci, mean_sd
+from checkpoints.run_folder import write_atomic, write_json_atomic
 from mechanisms.base import (
     MechanismSpec,
     MechanismView,
@@ -41,10 +42,9 @@ from mechanisms.base import (
     view_payload,
     view_seed,
 )
-from mechanisms.cma_es import SIGMA0
-from mechanisms.local_search import config_key, local_step, tried_configs
+from mechanisms.builtin.cma_es import SIGMA0
+from mechanisms.builtin.local_search import config_key, local_step, tried_configs
 from mechanisms.space import Param, SearchSpace
-from nodes.ledger import write_atomic, write_json_atomic
 
 LOW, HIGH = -5.0, 5.0
 PRECISION_RANGE = (1e-8, 1e2)

@@ -30,11 +30,11 @@ from ablation.report import write_report
 from ablation.sampling import DEFAULT_CSV, collect
 from ablation.surrogate import fit_quality, load_model
 from ablation.surrogate_check import check_against
-from graphs.run import executor_for
-from graphs.runs import new_run_dir
-from nodes.ledger import write_json_atomic
-from nodes.machine_load import wait_for_quiet
-from nodes.trainer import Executor, TrainerSettings, Trial
+from checkpoints.run_folder import write_json_atomic
+from graphs.run_config import new_run_dir
+from graphs.runner import executor_for
+from trials.launcher import Executor, TrainerSettings, Trial
+from trials.machine_load import wait_for_quiet
 
 console = Console()
 

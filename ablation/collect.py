@@ -12,7 +12,7 @@ from typing import Any
 
 from ablation.harness import MANIFEST, run_id
 from ablation.stats import mean_sd
-from nodes.ledger import Ledger
+from checkpoints.run_folder import Ledger
 from nodes.train import read_outcome_file
 
 

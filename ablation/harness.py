@@ -1,6 +1,6 @@
-"""The paired ablation: every group x repeat is one run of `graphs.run.execute`, in its own run folder.
+"""The paired ablation: every group x repeat is one run of `graphs.runner.execute`, in its own run folder.
 
-Groups A/B/C/D are the paper's levels (`graphs.run.GROUPS`); "random", "tpe" and "cmaes" are the classical
+Groups A/B/C/D are the paper's levels (`graphs.runner.GROUPS`); "random", "tpe" and "cmaes" are the classical
 baselines, "local" the LLM proposer's seeded fallback step alone and "centaur" CMA-ES with every third proposal the
 LLM's, all run at level 1 with their built-in mechanism as the proposer. All of them go through the same `execute`:
 the same segments, the same baseline experiment, the same keep/discard rule; only the level (or the proposer)
@@ -35,17 +35,17 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from graphs.run import GROUPS, execute, executor_for
-from graphs.runs import RunConfig
+from checkpoints.run_folder import write_atomic, write_json_atomic
+from graphs.run_config import RunConfig
+from graphs.runner import GROUPS, execute, executor_for
+from llm.client import EMBEDDED_MAX_TOKENS, LLMSettings, embedded_watchdog, open_chat_model
+from llm.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
+from llm.scripted import ScriptedChatModel
 from mechanisms.space import SearchSpace
-from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
-from nodes.ledger import write_atomic, write_json_atomic
-from nodes.llm import EMBEDDED_MAX_TOKENS, LLMSettings, embedded_watchdog, open_chat_model
-from nodes.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
-from nodes.scripted_model import ScriptedChatModel
 from nodes.train import read_outcome_file
-from nodes.trainer import REPO_ROOT, Executor, TrainerSettings, Trial
+from trials.candidate import rewrite_constants
+from trials.launcher import REPO_ROOT, Executor, TrainerSettings, Trial
 
 # Groups run at level 1 with a built-in proposer that never asks a model: the classical baselines, and "local" (the
 # LLM proposer's own seeded fallback step alone: what the model's choice adds over chance, on the same options)

@@ -23,10 +23,10 @@ from typing import Any
 
 from ablation.harness import Ablation, LLMFor
 from ablation.stats import holm, paired_comparison, summarise
-from graphs.run import execute
-from graphs.runs import RunConfig
-from nodes.ledger import Ledger, write_atomic, write_json_atomic
-from nodes.trainer import Executor
+from checkpoints.run_folder import Ledger, write_atomic, write_json_atomic
+from graphs.run_config import RunConfig
+from graphs.runner import execute
+from trials.launcher import Executor
 
 HELD_OUT_SEED = 30_000  # far from the repeats' (0...), the noise floor's (10 000...) and the confirmations' (20 000...)
 REFERENCES = ("llm_greedy", "local_search")

@@ -13,7 +13,7 @@ from ablation.collect import collect
 from ablation.figures import LEVELS, REFERENCE, analyse
 from ablation.harness import SURROGATE_FIT
 from ablation.plots import plot_deltas, plot_mechanisms, plot_progress, plot_running_best, plot_surrogate_fit
-from nodes.ledger import write_atomic, write_json_atomic
+from checkpoints.run_folder import write_atomic, write_json_atomic
 
 
 def f(value: Any, digits: int = 4) -> str:

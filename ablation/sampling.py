@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
+from checkpoints.run_folder import write_atomic
 from mechanisms.space import Param, SearchSpace
-from nodes.candidate import rewrite_constants
 from nodes.context import TRAIN_PATH
-from nodes.ledger import write_atomic
-from nodes.trainer import Executor, LocalExecutor, TrainerSettings, Trial
+from trials.candidate import rewrite_constants
+from trials.launcher import Executor, LocalExecutor, TrainerSettings, Trial
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "data" / "surrogate_samples.csv"
 RESULT_FIELDS = ("returncode", "error", "val_bpb", "training_seconds", "num_steps", "peak_memory_mb", "wall_seconds")

@@ -41,7 +41,7 @@ from ablation.sampling import read_samples, unit_features
 from mechanisms.space import SearchSpace
 from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
 from nodes.evaluate import BUDGET_SLACK
-from nodes.trainer import TrainerSettings, Trial
+from trials.launcher import TrainerSettings, Trial
 
 MIN_REPLICATES = 3
 CRASH_THRESHOLD = 0.5

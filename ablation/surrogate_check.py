@@ -20,7 +20,7 @@ from ablation.collect import experiments, outcome_bpb
 from ablation.constraints import config_error
 from ablation.harness import MANIFEST
 from ablation.surrogate import CRASH_THRESHOLD, SurrogateModel
-from nodes.ledger import Ledger
+from checkpoints.run_folder import Ledger
 from nodes.train import read_outcome_file
 
 

@@ -2,7 +2,7 @@
 which is what lets a run killed with SIGKILL resume with nothing lost.
 
 A database that cannot be used (corrupt, or missing while the run folder already holds experiments) raises
-`CheckpointError` with the command that continues the run from its ledger instead (`checkpoints/ledger.py`).
+`CheckpointError` with the command that continues the run from its ledger instead (`checkpoints/rebuild.py`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any, cast
 from rich.console import Console
 from rich.table import Table
 
-from graphs.runs import RunConfig, new_run_dir
+from graphs.run_config import RunConfig, new_run_dir
 
 console = Console()
 FATAL_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, RuntimeError, ValueError)
@@ -121,7 +121,7 @@ def executor_spec(text: str) -> str:
 
 
 def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
-    from graphs.run import GROUPS
+    from graphs.runner import GROUPS
 
     level = GROUPS[args.group] if bilevel and args.group else (args.level if bilevel else "1")
     run_dir = (args.run_dir or new_run_dir(args.runs_root, f"level{level.replace('+', '_')}")).resolve()
@@ -210,7 +210,7 @@ def interrupted(e: KeyboardInterrupt) -> int:
 
 def main_run(argv: list[str], *, bilevel: bool) -> int:
     from graphs.report import write_report
-    from graphs.run import execute
+    from graphs.runner import execute
 
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel" if bilevel else "python -m graphs.inner")
     add_run_flags(ap, bilevel=bilevel)
@@ -235,10 +235,10 @@ def main_run(argv: list[str], *, bilevel: bool) -> int:
 
 
 def main_resume(argv: list[str]) -> int:
-    from checkpoints.ledger import LedgerError
+    from checkpoints.rebuild import LedgerError
     from checkpoints.sqlite import CheckpointError
     from graphs.report import write_report
-    from graphs.run import execute
+    from graphs.runner import execute
 
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel resume")
     ap.add_argument("run_dir", type=Path)
@@ -273,29 +273,29 @@ def resumes_inner_only(config: RunConfig) -> bool:
 
 def resume_from_ledger(config: RunConfig) -> str:
     """Set the checkpoint database aside and seed a fresh one with the state the ledger records (see
-    `checkpoints/ledger.py`); the next `execute(config)` continues from there. Returns what was done."""
+    `checkpoints/rebuild.py`); the next `execute(config)` continues from there. Returns what was done."""
     import time
 
     from langchain_core.runnables import RunnableConfig
 
-    from checkpoints import ledger
+    from checkpoints import rebuild
     from checkpoints.sqlite import open_checkpointer, set_aside
     from graphs.inner import inner_graph_for
     from graphs.outer import RECURSION_LIMIT, build_outer_graph, initial_outer_state
-    from graphs.run import start_mechanisms
-    from graphs.runs import base_source
+    from graphs.run_config import base_source
+    from graphs.runner import start_mechanisms
     from mechanisms.space import SearchSpace
     from nodes.state import InnerState, SegmentRecord
 
     run_dir = Path(config.run_dir)
-    events = ledger.trace_events(run_dir)
+    events = rebuild.trace_events(run_dir)
     total = config.iterations + 1
     space = SearchSpace.from_train_source(base_source(run_dir))
-    inner = ledger.inner_state(events, space.defaults(), total)
+    inner = rebuild.inner_state(events, space.defaults(), total)
     done = inner["iteration"] >= total
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = set_aside(run_dir, stamp)
-    moved = ledger.set_aside_undecided(run_dir, inner["iteration"], run_dir / "set-aside" / stamp / "experiments")
+    moved = rebuild.set_aside_undecided(run_dir, inner["iteration"], run_dir / "set-aside" / stamp / "experiments")
     mechanism, decide = start_mechanisms(config)
     if decide:
         inner["mechanisms"] = {"decide": decide}
@@ -305,11 +305,11 @@ def resume_from_ledger(config: RunConfig) -> str:
             values: dict[str, Any] = {**inner, "stop_reason": "iterations done" if done else None}
             graph.update_state(RunnableConfig(configurable={"thread_id": "inner"}), values, as_node="decide")
         else:
-            cycle = ledger.next_cycle(events)
+            cycle = rebuild.next_cycle(events)
             outer = initial_outer_state(cast(InnerState, inner), mechanism, config.level, total)
             rebuilt = {"cycle": cycle, "event": "rebuilt_from_ledger", "mechanism": mechanism["id"]}
             outer["cycle"], outer["history"] = cycle, [rebuilt]
-            outer["segments"] = cast(list[SegmentRecord], ledger.segments_from(events))
+            outer["segments"] = cast(list[SegmentRecord], rebuild.segments_from(events))
             if done:
                 outer["stop_reason"] = "all iterations done"
             outer_graph = build_outer_graph().compile(checkpointer=saver)

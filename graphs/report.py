@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nodes.ledger import Ledger, write_atomic  # noqa: E402
+from checkpoints.run_folder import Ledger, write_atomic  # noqa: E402
 
 
 def experiments_from_trace(ledger: Ledger) -> list[dict[str, Any]]:

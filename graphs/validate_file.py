@@ -26,7 +26,7 @@ console = Console()
 def _trace(run_dir: Path | None, space: SearchSpace, seed: int) -> list[dict[str, Any]]:
     if run_dir is None:
         return [{**r, "id": f"e{i:04d}", "iteration": i} for i, r in enumerate(synthetic_trace(space, seed) * 2)]
-    from checkpoints.ledger import experiments_from, trace_events
+    from checkpoints.rebuild import experiments_from, trace_events
 
     return experiments_from(trace_events(run_dir))
 

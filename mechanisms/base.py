@@ -275,7 +275,7 @@ class BuiltinInfo:
 def _builtin_module(name: str) -> Any:
     if name not in ALL_BUILTIN_NAMES:
         raise MechanismError(f"unknown built-in {name!r}; one of {', '.join(ALL_BUILTIN_NAMES)}")
-    return importlib.import_module(f"mechanisms.{name}")
+    return importlib.import_module(f"mechanisms.builtin.{name}")
 
 
 def proposal_cap(name: str, origin: str) -> int | None:
@@ -323,6 +323,18 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def builtin_source(name: str) -> str:
     return Path(_builtin_module(name).__file__).read_text(encoding="utf-8")
+
+
+# Module paths of earlier layouts, as a built-in's source named them (now -> then). A run records the sha256 of each
+# built-in's source; a source that differs from the recorded one only by a moved module path is the same mechanism.
+RENAMED_MODULES = {"mechanisms.builtin.": "mechanisms."}
+
+
+def builtin_sha256s(name: str) -> set[str]:
+    """The sha256 of the built-in's source, and of the same source with the module paths of earlier layouts."""
+    source = builtin_source(name)
+    variants = {source} | {source.replace(now, then) for now, then in RENAMED_MODULES.items()}
+    return {hashlib.sha256(v.encode()).hexdigest() for v in variants}
 
 
 def builtin_spec(name: str, **params: Any) -> MechanismSpec:

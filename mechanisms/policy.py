@@ -129,7 +129,7 @@ DUNDER_METHODS = frozenset(
         "__contains__",
     }
 )
-MAX_SOURCE_CHARS = 20_000  # also what one structured answer field may hold (nodes/structured.py)
+MAX_SOURCE_CHARS = 20_000  # also what one structured answer field may hold (llm/structured.py)
 MAX_NAME_CHARS = 64  # NAME becomes the mechanism's id (NAME@hash) and its folder name
 
 

@@ -10,11 +10,11 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from llm.structured import LLMBudgetExhausted
 from nodes.context import OuterContext
 from nodes.prompts import ADJUST_SYSTEM, ADJUST_USER, COMPACT_ADJUST_SYSTEM, COMPACT_ADJUST_USER
 from nodes.segment_stats import parameter_stats
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted
 
 
 def adjustment_schema(names: tuple[str, ...]) -> type[BaseModel]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from llm.structured import LLMBudgetExhausted
 from mechanisms.space import SearchSpace
 from nodes.context import OuterContext
 from nodes.llm_proposer import compact_history, format_history
@@ -25,7 +26,6 @@ from nodes.mechanism_loader import mechanism_source
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, COMPACT_ANALYZE_SYSTEM, COMPACT_ANALYZE_USER
 from nodes.segment_stats import parameter_stats, repeated_proposals
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted
 
 STAGNATION = 3  # experiments without a new best that make "stagnation" a supported finding
 SMALL_STEP = 0.08  # median step (share of a parameter's range) under which steps count as small

@@ -7,8 +7,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from checkpoints.run_folder import write_json_atomic
 from nodes.context import OuterContext
-from nodes.ledger import write_json_atomic
 from nodes.state import OuterState, SegmentRecord
 
 

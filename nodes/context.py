@@ -13,10 +13,10 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel
 from rich.console import Console
 
+from checkpoints.run_folder import Ledger
+from llm.structured import LLMBudget, StructuredAnswer, ask_structured
 from mechanisms.space import SearchSpace
-from nodes.ledger import Ledger
-from nodes.structured import LLMBudget, StructuredAnswer, ask_structured
-from nodes.trainer import REPO_ROOT, Executor, LocalExecutor, TrainerSettings
+from trials.launcher import REPO_ROOT, Executor, LocalExecutor, TrainerSettings
 
 T = TypeVar("T", bound=BaseModel)
 EVALUATOR_PATH = REPO_ROOT / "gpt" / "evaluate.py"

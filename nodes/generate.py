@@ -16,6 +16,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from llm.structured import LLMBudgetExhausted
 from mechanisms.base import MechanismError, builtin_info, declared_header
 from mechanisms.policy import MAX_NAME_CHARS
 from mechanisms.space import SearchSpace
@@ -31,7 +32,6 @@ from nodes.prompts import (
     GENERATE_USER,
 )
 from nodes.state import OuterState
-from nodes.structured import LLMBudgetExhausted
 
 
 class Setting(BaseModel):

@@ -14,9 +14,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, create_model
 
-from mechanisms.local_search import config_key, local_step, tried_configs, untried_steps
+from mechanisms.builtin.local_search import config_key, local_step, tried_configs, untried_steps
 from mechanisms.space import Param, SearchSpace
-from nodes.candidate import EditError, apply_edits
 from nodes.context import InnerContext
 from nodes.prompts import (
     CODE_SYSTEM,
@@ -28,6 +27,7 @@ from nodes.prompts import (
     STRATEGY_HINTS,
 )
 from nodes.state import InnerState
+from trials.candidate import EditError, apply_edits
 
 HISTORY_SHOWN = 10
 COMPACT_HISTORY = 6  # experiments the embedded model's prompt shows (each a few tokens)

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from llm.structured import LLMFatalError
 from mechanisms.base import MechanismView, check_decision, check_proposal, proposal_cap, view_payload, view_seed
 from nodes.context import InnerContext
 from nodes.llm_proposer import ask_llm
 from nodes.state import InnerState, MechanismRecord
-from nodes.structured import LLMFatalError
 
 # payload (JSON view), ask_llm(guidance, constraints) -> the node's output
 MechanismFn = Callable[[dict[str, Any], Callable[[str, Mapping[str, Any] | None], dict[str, Any]]], dict[str, Any]]

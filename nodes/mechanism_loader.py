@@ -18,6 +18,7 @@ from mechanisms.base import (
     MechanismView,
     builtin_catalog,
     builtin_info,
+    builtin_sha256s,
     builtin_source,
     load_builtin,
     resolve_params,
@@ -48,7 +49,7 @@ def load_mechanism(record: MechanismRecord, run_dir: Path) -> Mechanism:
     if record["origin"] in ("builtin", "composed"):
         if record["name"] not in ALL_BUILTIN_NAMES:
             raise MechanismError(f"unknown built-in mechanism {record['name']!r}")
-        if hashlib.sha256(builtin_source(record["name"]).encode()).hexdigest() != record["sha256"]:
+        if record["sha256"] not in builtin_sha256s(record["name"]):
             raise MechanismError(f"the built-in {record['name']} changed since this run recorded it")
         entry = load_builtin(record["name"], **record.get("params", {}))
         return Mechanism(record, lambda payload, ask: entry(MechanismView.from_payload(payload, ask)))

@@ -11,12 +11,12 @@ from typing import Any, Literal, Protocol
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
-from mechanisms.local_search import config_key, tried_configs
+from llm.structured import LLMBudgetExhausted
+from mechanisms.builtin.local_search import config_key, tried_configs
 from nodes.context import InnerContext
 from nodes.llm_proposer import allowed_names, ask_llm, fallback_proposal
 from nodes.mechanism_calls import Mechanism, run_mechanism
 from nodes.state import InnerState
-from nodes.structured import LLMBudgetExhausted
 
 
 class Node(Protocol):

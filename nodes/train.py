@@ -13,11 +13,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from nodes.candidate import EditError, apply_edits, rewrite_constants, unified_diff
+from checkpoints.run_folder import write_atomic, write_json_atomic
 from nodes.context import InnerContext
-from nodes.ledger import write_atomic, write_json_atomic
 from nodes.state import InnerState
-from nodes.trainer import Trial
+from trials.candidate import EditError, apply_edits, rewrite_constants, unified_diff
+from trials.launcher import Trial
 
 
 def incumbent_source(state: InnerState, ctx: InnerContext) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from checkpoints.run_folder import Ledger, write_atomic, write_json_atomic
 from mechanisms.validation import validate_mechanism
 from nodes.context import OuterContext
-from nodes.ledger import Ledger, write_atomic, write_json_atomic
 from nodes.state import MechanismRecord, OuterState
 
 

@@ -26,17 +26,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from graphs.run import execute  # noqa: E402
-from graphs.runs import RunConfig, initial_inner_state, make_context  # noqa: E402
-from mechanisms.local_search import config_key  # noqa: E402
+from checkpoints.run_folder import Ledger  # noqa: E402
+from graphs.run_config import RunConfig, initial_inner_state, make_context  # noqa: E402
+from graphs.runner import execute  # noqa: E402
+from llm.client import LLMSettings, open_chat_model  # noqa: E402
+from llm.structured import LLMBudget  # noqa: E402
+from mechanisms.builtin.local_search import config_key  # noqa: E402
 from mechanisms.space import SearchSpace  # noqa: E402
 from nodes.adjust import adjust  # noqa: E402
 from nodes.analyze import analyze  # noqa: E402
 from nodes.context import OuterContext  # noqa: E402
 from nodes.generate import generate  # noqa: E402
-from nodes.ledger import Ledger  # noqa: E402
-from nodes.llm import LLMSettings, open_chat_model  # noqa: E402
-from nodes.structured import LLMBudget  # noqa: E402
 
 SURROGATE = "surrogate:ablation/data/surrogate_samples.csv"
 

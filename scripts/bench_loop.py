@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support import SyntheticExecutor, change  # noqa: E402
 
-from graphs.run import execute  # noqa: E402
-from graphs.runs import RunConfig  # noqa: E402
-from nodes.ledger import Ledger  # noqa: E402
-from nodes.scripted_model import ScriptedChatModel  # noqa: E402
+from checkpoints.run_folder import Ledger  # noqa: E402
+from graphs.run_config import RunConfig  # noqa: E402
+from graphs.runner import execute  # noqa: E402
+from llm.scripted import ScriptedChatModel  # noqa: E402
 
 
 def main() -> None:

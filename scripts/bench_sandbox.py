@@ -27,7 +27,7 @@ from mechanisms import jail  # noqa: E402
 from mechanisms.base import MechanismSpec, view_payload  # noqa: E402
 from mechanisms.sandbox import SandboxedMechanism  # noqa: E402
 from mechanisms.space import SearchSpace  # noqa: E402
-from nodes.trainer import TrainerSettings, run_training  # noqa: E402
+from trials.launcher import TrainerSettings, run_training  # noqa: E402
 
 SPACE = SearchSpace.from_train_source(
     "# ---- hyperparameters: the inner loop edits this block ----\n"

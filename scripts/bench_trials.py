@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.trainer import REPO_ROOT, LocalExecutor, TrainerSettings, Trial  # noqa: E402
+from trials.launcher import REPO_ROOT, LocalExecutor, TrainerSettings, Trial  # noqa: E402
 
 PHASES = ("startup_seconds", "warmup_seconds", "training_seconds", "setup_and_overhead_seconds", "eval_seconds")
 

@@ -69,9 +69,9 @@ def child(run_dir: Path, iterations: int, segment: int, delay: float, seed: int)
     """Run (or resume) the soak's run in this process: scripted model, synthetic executor."""
     from support import SyntheticExecutor
 
-    from graphs.run import execute
-    from graphs.runs import RunConfig
-    from nodes.scripted_model import ScriptedChatModel
+    from graphs.run_config import RunConfig
+    from graphs.runner import execute
+    from llm.scripted import ScriptedChatModel
 
     if (run_dir / "run.json").exists():
         config = RunConfig.load(run_dir)

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from capable_model import capable_model  # noqa: E402
 from support import SyntheticExecutor  # noqa: E402
 
-from graphs.run import execute  # noqa: E402
-from graphs.runs import RunConfig  # noqa: E402
-from nodes.scripted_model import ScriptedChatModel  # noqa: E402
+from graphs.run_config import RunConfig  # noqa: E402
+from graphs.runner import execute  # noqa: E402
+from llm.scripted import ScriptedChatModel  # noqa: E402
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from support import SyntheticExecutor, change
 
 from dashboard.folders import Served
 from dashboard.server import create_app
-from graphs.run import execute
-from graphs.runs import RunConfig
-from nodes.scripted_model import ScriptedChatModel
+from graphs.run_config import RunConfig
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 
 # the synthetic executor crashes a training with WEIGHT_DECAY > 0.4: the run gets a crash to draw
 SCRIPT = [

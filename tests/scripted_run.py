@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support import SyntheticExecutor, change  # noqa: E402
 
-from graphs.run import execute  # noqa: E402
-from graphs.runs import RunConfig  # noqa: E402
-from nodes.scripted_model import ScriptedChatModel  # noqa: E402
+from graphs.run_config import RunConfig  # noqa: E402
+from graphs.runner import execute  # noqa: E402
+from llm.scripted import ScriptedChatModel  # noqa: E402
 
 VALUES = (0.01, 0.02, 0.03, 0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15)
 

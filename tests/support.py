@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from graphs.runs import RunConfig
+from graphs.run_config import RunConfig
 from nodes.context import EVALUATOR_PATH, file_sha256
-from nodes.trainer import TrainerSettings, Trial
+from trials.launcher import TrainerSettings, Trial
 
 SPLIT = "f" * 64
 

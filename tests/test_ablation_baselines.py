@@ -11,12 +11,12 @@ import numpy as np
 from support import SyntheticExecutor, change
 
 from ablation.harness import BASELINES, GROUP_NAMES, HYBRIDS, Ablation, AblationSpec
-from mechanisms import cma_es, tpe
+from checkpoints.run_folder import Ledger
+from llm.scripted import ScriptedChatModel
 from mechanisms.base import MechanismView, check_proposal, load_builtin, proposal_cap, view_payload
+from mechanisms.builtin import cma_es, tpe
 from mechanisms.space import SearchSpace
 from nodes.context import TRAIN_PATH
-from nodes.ledger import Ledger
-from nodes.scripted_model import ScriptedChatModel
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 BASE = SPACE.defaults()
@@ -92,7 +92,7 @@ def test_cma_es_proposals_are_new_deterministic_and_whole() -> None:
 
 
 def cma_es_key(params: dict[str, Any]) -> str:
-    from mechanisms.local_search import config_key
+    from mechanisms.builtin.local_search import config_key
 
     return config_key(SPACE, params)
 

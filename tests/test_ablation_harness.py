@@ -29,12 +29,12 @@ from ablation.collect import experiments, mechanism_use, time_use  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.pack import pack  # noqa: E402
 from ablation.report import write_report  # noqa: E402
+from checkpoints.run_folder import Ledger  # noqa: E402
+from llm.client import EMBEDDED_MAX_TOKENS  # noqa: E402
+from llm.scripted import ScriptedChatModel  # noqa: E402
 from nodes.context import TRAIN_PATH  # noqa: E402
-from nodes.ledger import Ledger  # noqa: E402
-from nodes.llm import EMBEDDED_MAX_TOKENS  # noqa: E402
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM  # noqa: E402
-from nodes.scripted_model import ScriptedChatModel  # noqa: E402
-from nodes.trainer import TrainerSettings, Trial  # noqa: E402
+from trials.launcher import TrainerSettings, Trial  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02)]

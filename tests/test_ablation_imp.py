@@ -17,9 +17,9 @@ from ablation.harness import Ablation, AblationSpec
 from ablation.imp import HELD_OUT_SEED, ImpSettings, kept_mechanisms, measure
 from ablation.sampling import collect
 from ablation.surrogate import SurrogateExecutor
-from nodes.ledger import Ledger
+from checkpoints.run_folder import Ledger
+from llm.scripted import ScriptedChatModel
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM
-from nodes.scripted_model import ScriptedChatModel
 
 # the model's first proposals make things worse, its later ones better: the mechanism composed after the first
 # segment makes more progress than the segment before it, and is kept
@@ -95,8 +95,8 @@ def test_imp_runs_each_kept_mechanism_frozen_against_the_references(ablation_roo
 
 
 def test_a_recorded_mechanism_starts_a_run_by_its_record(tmp_path: Path) -> None:
-    from graphs.run import start_mechanism
-    from graphs.runs import RunConfig
+    from graphs.run_config import RunConfig
+    from graphs.runner import start_mechanism
     from nodes.mechanism_loader import builtin_record
 
     composed = builtin_record("tabu", {"radius": 0.2})

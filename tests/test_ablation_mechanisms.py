@@ -10,7 +10,9 @@ import pytest
 from support import SyntheticExecutor, config
 
 from ablation.harness import NO_MODEL, Ablation, AblationSpec
-from graphs.run import execute
+from checkpoints.run_folder import Ledger
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from mechanisms.base import (
     BASELINE_NAMES,
     BUILTIN_NAMES,
@@ -20,12 +22,10 @@ from mechanisms.base import (
     proposal_cap,
     view_payload,
 )
+from mechanisms.builtin.tpe import distributions, history
 from mechanisms.space import MAX_CHANGES, SearchSpace
-from mechanisms.tpe import distributions, history
 from nodes.context import TRAIN_PATH
-from nodes.ledger import Ledger
 from nodes.mechanism_loader import builtin_catalogue, builtin_record
-from nodes.scripted_model import ScriptedChatModel
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 BASE = SPACE.defaults()

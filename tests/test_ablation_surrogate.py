@@ -28,14 +28,14 @@ from ablation.sampling import (
 )
 from ablation.surrogate import SurrogateExecutor, fit_quality, load_model
 from ablation.surrogate_check import check_against
-from graphs.run import execute
-from graphs.runs import RunConfig
+from checkpoints.run_folder import Ledger
+from graphs.run_config import RunConfig
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from mechanisms.space import SearchSpace
-from nodes.candidate import rewrite_constants
 from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
-from nodes.ledger import Ledger
-from nodes.scripted_model import ScriptedChatModel
-from nodes.trainer import TrainerSettings, Trial
+from trials.candidate import rewrite_constants
+from trials.launcher import TrainerSettings, Trial
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from support import config
 
-from checkpoints.ledger import inner_state, trace_events
-from graphs.runs import initial_inner_state, make_context
+from checkpoints.rebuild import inner_state, trace_events
+from checkpoints.run_folder import Ledger
+from graphs.run_config import initial_inner_state, make_context
+from llm.structured import LLMBudget
 from nodes.decide import decide_step
-from nodes.ledger import Ledger
 from nodes.state import InnerState
-from nodes.structured import LLMBudget
 
 
 def _outcome(bpb: float) -> dict[str, Any]:
@@ -65,8 +65,8 @@ def test_the_ledger_rebuilds_the_same_state_with_the_keys_the_graph_reads(tmp_pa
 def test_a_decide_mechanism_named_at_start_runs_as_decide_and_the_model_still_proposes(tmp_path: Path) -> None:
     from support import SyntheticExecutor, change
 
-    from graphs.run import execute
-    from nodes.scripted_model import ScriptedChatModel
+    from graphs.runner import execute
+    from llm.scripted import ScriptedChatModel
 
     script = [change("MATRIX_LR", v) for v in (0.05, 0.03, 0.06)]
     final = execute(

@@ -30,7 +30,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_a_recorded_run_resumes_to_the_end_and_reports(run_dir: Path, monkeypatch) -> None:
-    import graphs.run
+    import graphs.runner
     from graphs.cli import main
     from tests.fixtures.make_resumable_run import scripted_model
 
@@ -38,7 +38,7 @@ def test_a_recorded_run_resumes_to_the_end_and_reports(run_dir: Path, monkeypatc
     def scripted(*_args, **_kwargs):
         yield scripted_model(), "scripted model"
 
-    monkeypatch.setattr(graphs.run, "open_chat_model", scripted)
+    monkeypatch.setattr(graphs.runner, "open_chat_model", scripted)
     before = (run_dir / "trace.jsonl").read_text().splitlines()
     assert '"kind": "run_end"' not in "".join(before) and not (run_dir / "summary.json").exists()
 

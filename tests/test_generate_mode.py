@@ -16,8 +16,10 @@ from rich.console import Console
 from support import SyntheticExecutor, config
 
 import graphs.mechanism_store as store
-from graphs.run import execute
-from graphs.runs import RunConfig
+from checkpoints.run_folder import Ledger
+from graphs.run_config import RunConfig
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from mechanisms import policy
 from mechanisms.sandbox import SandboxLimits
 from mechanisms.space import SearchSpace
@@ -25,9 +27,7 @@ from mechanisms.validation import synthetic_trace, validate_mechanism
 from nodes.compare import judge
 from nodes.generate import extract_module, record_name, space_table
 from nodes.inject import inject
-from nodes.ledger import Ledger
 from nodes.prompts import GENERATE_EXAMPLE, GENERATE_SYSTEM
-from nodes.scripted_model import ScriptedChatModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.from_train_source((ROOT / "gpt" / "train.py").read_text())

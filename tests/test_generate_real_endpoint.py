@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes.ledger import Ledger
-from nodes.local_server import MODEL_ALIAS, LocalModelServer
+from checkpoints.run_folder import Ledger
+from llm.local_server import MODEL_ALIAS, LocalModelServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "ablation" / "data" / "surrogate_samples.csv"

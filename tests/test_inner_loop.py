@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from support import SyntheticExecutor, change, config, synthetic_bpb
 
-from graphs.run import execute
-from graphs.runs import initial_inner_state, make_context
-from nodes.candidate import EditError, apply_edits
+from checkpoints.run_folder import Ledger
+from graphs.run_config import initial_inner_state, make_context
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
+from llm.structured import LLMBudget
 from nodes.context import TRAIN_PATH
-from nodes.ledger import Ledger
 from nodes.llm_proposer import ask_llm
-from nodes.scripted_model import ScriptedChatModel
-from nodes.structured import LLMBudget
+from trials.candidate import EditError, apply_edits
 
 
 def run_inner(tmp_path: Path, script: list, iterations: int, **overrides) -> tuple[dict, SyntheticExecutor]:
@@ -191,7 +191,7 @@ def test_code_mode_refuses_edits_of_the_locked_parts_and_trains_the_others(tmp_p
 
 
 def test_an_outcome_is_reused_only_for_the_same_proposal(tmp_path):
-    from nodes.ledger import write_json_atomic
+    from checkpoints.run_folder import write_json_atomic
     from nodes.train import reusable_outcome
 
     item = {"id": "e0001", "iteration": 1, "params": {"MATRIX_LR": 0.08}, "changes": {"MATRIX_LR": 0.08}}

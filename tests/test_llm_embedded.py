@@ -9,16 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from graphs.run import execute
-from graphs.runs import RunConfig, make_context
-from mechanisms.local_search import config_key
+from checkpoints.run_folder import Ledger
+from graphs.run_config import RunConfig, make_context
+from graphs.runner import execute
+from llm.client import LLMSettings, open_chat_model
+from llm.structured import LLMBudget
+from mechanisms.builtin.local_search import config_key
 from nodes.adjust import adjust
 from nodes.analyze import analyze
 from nodes.context import OuterContext
 from nodes.generate import generate
-from nodes.ledger import Ledger
-from nodes.llm import LLMSettings, open_chat_model
-from nodes.structured import LLMBudget
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 SURROGATE = "surrogate:ablation/data/surrogate_samples.csv"

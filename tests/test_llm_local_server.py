@@ -19,9 +19,9 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from nodes.llm import LLMSettings, ServerWatchdog, open_chat_model
-from nodes.local_server import LocalModelServer, LocalServerError
-from nodes.structured import LLMBudget, ask_structured
+from llm.client import LLMSettings, ServerWatchdog, open_chat_model
+from llm.local_server import LocalModelServer, LocalServerError
+from llm.structured import LLMBudget, ask_structured
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from nodes.local_server import LocalModelServer
+    from llm.local_server import LocalModelServer
     launcher, log = json.loads(sys.argv[1]), Path(sys.argv[2])
     model = None if launcher is None else Path("model.gguf")
     server = LocalModelServer(model, log_path=log, **({} if launcher is None else {"launcher": launcher})).start()

@@ -16,20 +16,20 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from support import SyntheticExecutor, change, config
 
 from ablation.harness import Ablation, AblationSpec
+from checkpoints.run_folder import Ledger
 from graphs import cli
-from graphs.run import execute
-from graphs.runs import initial_inner_state, make_context
-from mechanisms.local_search import config_key, tried_configs
+from graphs.run_config import initial_inner_state, make_context
+from graphs.runner import execute
+from llm.client import CLIENT_MAX_RETRIES, CallTimer, LLMSettings, ServerWatchdog, _client
+from llm.scripted import ScriptedChatModel
+from llm.structured import LLMBudget
+from mechanisms.builtin.local_search import config_key, tried_configs
 from mechanisms.space import SearchSpace
 from nodes.adjust import adjust
 from nodes.analyze import IDEAS, analyze, findings, trace_summary
 from nodes.context import TRAIN_PATH, InnerContext, OuterContext
 from nodes.generate import composition_options, generate
-from nodes.ledger import Ledger
-from nodes.llm import CLIENT_MAX_RETRIES, CallTimer, LLMSettings, ServerWatchdog, _client
 from nodes.llm_proposer import ask_llm, enumerated_schema, map_enumerated, step_options
-from nodes.scripted_model import ScriptedChatModel
-from nodes.structured import LLMBudget
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 
@@ -360,12 +360,12 @@ def test_the_run_prints_its_time_and_where_proposals_came_from(tmp_path: Path, c
 
 
 def test_ctrl_c_prints_the_resume_command_with_the_real_folder(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
-    import graphs.run
+    import graphs.runner
 
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(graphs.run, "execute", interrupted)
+    monkeypatch.setattr(graphs.runner, "execute", interrupted)
     run_dir = tmp_path / "my-run"
     assert cli.main(["--run-dir", str(run_dir), "--iterations", "1"]) == 130
     out = capsys.readouterr().out

@@ -12,8 +12,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
-from nodes.scripted_model import ScriptedChatModel, ScriptExhausted
-from nodes.structured import LLMBudget, ask_structured
+from llm.scripted import ScriptedChatModel, ScriptExhausted
+from llm.structured import LLMBudget, ask_structured
 
 
 class Verdict(BaseModel):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from langchain_openai import ChatOpenAI
 
-from nodes.llm import LLMSettings, open_chat_model
-from nodes.scripted_model import ScriptedChatModel
+from llm.client import LLMSettings, open_chat_model
+from llm.scripted import ScriptedChatModel
 
 
 def test_defaults_are_the_embedded_model() -> None:

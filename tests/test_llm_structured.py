@@ -11,8 +11,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
-from nodes.scripted_model import ScriptedChatModel, ScriptExhausted
-from nodes.structured import LLMBudget, LLMBudgetExhausted, StructuredAnswer, ask_structured
+from llm.scripted import ScriptedChatModel, ScriptExhausted
+from llm.structured import LLMBudget, LLMBudgetExhausted, StructuredAnswer, ask_structured
 
 USAGE = {"input_tokens": 40, "output_tokens": 12, "total_tokens": 52}
 VALID = {

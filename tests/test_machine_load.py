@@ -13,12 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes import (
-    machine_load,  # noqa: E402
-    trainer,  # noqa: E402
-)
-from nodes.machine_load import CpuSnapshot, other_share, read_proc_stat, wait_for_quiet  # noqa: E402
-from nodes.trainer import LocalExecutor, TrainerSettings, Trial, run_warm  # noqa: E402
+from trials import launcher, machine_load  # noqa: E402
+from trials.launcher import LocalExecutor, TrainerSettings, Trial, run_warm  # noqa: E402
+from trials.machine_load import CpuSnapshot, other_share, read_proc_stat, wait_for_quiet  # noqa: E402
 
 linux_only = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat")
 PROC_STAT = """cpu  1000 100 300 5000 200 10 20 70 40 0
@@ -92,7 +89,7 @@ def test_the_training_itself_is_not_counted(tmp_path, monkeypatch: pytest.Monkey
             ours.append(cpu)
             return outcome, cpu
 
-        monkeypatch.setattr(trainer, "run_warm", counted)
+        monkeypatch.setattr(launcher, "run_warm", counted)
     try:
         alone = _train(tmp_path / "alone", executor)
     finally:

@@ -10,12 +10,12 @@ from typing import Any
 
 from support import SyntheticExecutor, change, config
 
+from checkpoints.run_folder import Ledger
 from graphs.draw import mermaid_texts
-from graphs.run import execute
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from nodes.adjust import apply_caps
-from nodes.ledger import Ledger
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM
-from nodes.scripted_model import ScriptedChatModel
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import change, config, synthetic_bpb  # noqa: E402
 
 from mechanisms.space import SearchSpace  # noqa: E402
-from nodes.candidate import rewrite_constants  # noqa: E402
 from nodes.context import TRAIN_PATH  # noqa: E402
-from nodes.trainer import LocalExecutor, TrainerSettings, Trial  # noqa: E402
+from trials.candidate import rewrite_constants  # noqa: E402
+from trials.launcher import LocalExecutor, TrainerSettings, Trial  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray" if (Path(sys.executable).parent / "ray").exists() else Path("ray")
@@ -171,9 +171,9 @@ def test_the_command_line_chooses_the_executor(tmp_path):
     import argparse
 
     from graphs.cli import add_run_flags, config_from
-    from graphs.run import executor_for
-    from graphs.runs import RunConfig
-    from nodes.ray_executor import RayExecutor
+    from graphs.run_config import RunConfig
+    from graphs.runner import executor_for
+    from trials.ray_executor import RayExecutor
 
     ap = argparse.ArgumentParser()
     add_run_flags(ap, bilevel=True)
@@ -219,7 +219,7 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 
 def test_batch_runs_in_parallel_and_comes_back_in_trial_order(cluster, tmp_path):
-    from nodes.ray_executor import RayExecutor
+    from trials.ray_executor import RayExecutor
 
     attempts = tmp_path / "attempts.txt"
     sources = [fake_train(DEPTH=16), fake_train(DEPTH=2), fake_train(WEIGHT_DECAY=0.45), fake_train(DEPTH=3)]
@@ -251,7 +251,7 @@ def test_batch_runs_in_parallel_and_comes_back_in_trial_order(cluster, tmp_path)
 
 @pytest.mark.parametrize("kills", [1, 2])
 def test_a_killed_worker_is_retried_once_then_the_trial_is_a_crash(cluster, tmp_path, kills):
-    from nodes.ray_executor import RayExecutor
+    from trials.ray_executor import RayExecutor
 
     attempts = tmp_path / "attempts.txt"
     trials = make_trials(tmp_path / "experiments", [fake_train(attempts, sleep_s=3.0)])
@@ -285,7 +285,7 @@ def test_a_killed_worker_is_retried_once_then_the_trial_is_a_crash(cluster, tmp_
 
 
 def test_the_hard_timeout_is_enforced_on_the_worker(cluster, tmp_path):
-    from nodes.ray_executor import RayExecutor
+    from trials.ray_executor import RayExecutor
 
     attempts = tmp_path / "attempts.txt"
     trials = make_trials(tmp_path / "experiments", [fake_train(attempts, sleep_s=30.0)])
@@ -298,7 +298,7 @@ def test_the_hard_timeout_is_enforced_on_the_worker(cluster, tmp_path):
 
 
 def test_warm_trials_fork_from_a_worker_the_ray_worker_keeps(cluster, tmp_path):
-    from nodes.ray_executor import RayExecutor
+    from trials.ray_executor import RayExecutor
 
     attempts = tmp_path / "attempts.txt"
     trials = make_trials(tmp_path / "experiments", [fake_train(attempts, DEPTH=d) for d in (2, 3)])
@@ -311,8 +311,8 @@ def test_warm_trials_fork_from_a_worker_the_ray_worker_keeps(cluster, tmp_path):
 
 
 def run_with(executor: Any, run_dir: Path, tmp_path: Path, batch: int) -> dict[str, Any]:
-    from graphs.run import execute
-    from nodes.scripted_model import ScriptedChatModel
+    from graphs.runner import execute
+    from llm.scripted import ScriptedChatModel
 
     run_dir.mkdir(parents=True)
     (run_dir / "base_train.py").write_text(fake_train())
@@ -322,7 +322,7 @@ def run_with(executor: Any, run_dir: Path, tmp_path: Path, batch: int) -> dict[s
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_the_ledger_is_the_same_as_with_the_local_executor(cluster, tmp_path, batch):
-    from nodes.ray_executor import RayExecutor
+    from trials.ray_executor import RayExecutor
 
     local = run_with(LocalExecutor(parallel=batch), tmp_path / "local", tmp_path, batch)
     remote = run_with(RayExecutor(cluster), tmp_path / "ray", tmp_path, batch)
@@ -347,10 +347,10 @@ def test_the_ledger_is_the_same_as_with_the_local_executor(cluster, tmp_path, ba
 def drive(run_dir: Path, address: str, attempts: Path) -> None:
     """A run with batches of 2 on the Ray executor, as its own process (a test kills it with SIGKILL and resumes it).
     The first batch: e0001 (DEPTH 2, 0.5 s) and e0002 (DEPTH 8, 2 s)."""
-    from graphs.run import execute
-    from graphs.runs import RunConfig
-    from nodes.ray_executor import RayExecutor
-    from nodes.scripted_model import ScriptedChatModel
+    from graphs.run_config import RunConfig
+    from graphs.runner import execute
+    from llm.scripted import ScriptedChatModel
+    from trials.ray_executor import RayExecutor
 
     if (run_dir / "run.json").exists():
         cfg = RunConfig.load(run_dir)

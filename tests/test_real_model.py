@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from graphs.runs import RunConfig
-from nodes.ledger import Ledger
+from checkpoints.run_folder import Ledger
+from graphs.run_config import RunConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parent.parent

@@ -14,17 +14,17 @@ import pytest
 from langchain_core.messages import AIMessage
 from support import SyntheticExecutor, change, config
 
-from graphs.run import execute
-from graphs.runs import initial_inner_state, make_context
+from checkpoints.run_folder import Ledger
+from graphs.run_config import initial_inner_state, make_context
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
+from llm.structured import LLMBudget
 from nodes.adjust import adjust
 from nodes.analyze import analyze
 from nodes.context import TRAIN_PATH, OuterContext
 from nodes.generate import generate
-from nodes.ledger import Ledger
 from nodes.llm_proposer import ask_llm
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM
-from nodes.scripted_model import ScriptedChatModel
-from nodes.structured import LLMBudget
 
 HUGE = "x" * 100_000
 INJECTION = (

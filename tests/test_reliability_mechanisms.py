@@ -23,15 +23,15 @@ from support import SyntheticExecutor, change, config
 
 import graphs.outer
 import nodes.validate
-from graphs.run import execute
+from checkpoints.run_folder import Ledger
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from mechanisms.base import MechanismSpec, view_payload
 from mechanisms.sandbox import SandboxedMechanism, SandboxError, SandboxLimits
 from mechanisms.space import SearchSpace
 from mechanisms.validation import validate_mechanism
 from nodes.context import EVALUATOR_PATH, file_sha256
-from nodes.ledger import Ledger
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, GENERATE_SYSTEM
-from nodes.scripted_model import ScriptedChatModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = f"sk-planted-{uuid.uuid4().hex}"
@@ -180,10 +180,12 @@ CASES: dict[str, Hostile] = {
         "    import gpt.evaluate\n    gpt.evaluate.evaluate_bpb = lambda *a: 0.0\n" + VALID, ("not allowed",), REFUSED,
     ),
     "monkey-patches the trainer": Hostile(
-        "    import nodes.trainer\n    nodes.trainer.read_outcome = None\n" + VALID, ("not allowed",), REFUSED,
+        "    import trials.launcher\n    trials.launcher.read_outcome = None\n" + VALID, ("not allowed",), REFUSED,
     ),
     "monkey-patches the ledger": Hostile(
-        "    import nodes.ledger\n    nodes.ledger.Ledger.event = None\n" + VALID, ("not allowed",), REFUSED,
+        "    import checkpoints.run_folder\n    checkpoints.run_folder.Ledger.event = None\n" + VALID,
+        ("not allowed",),
+        REFUSED,
     ),
     # --- bad outputs ---
     "returns a list": Hostile("    return [1, 2, 3]", ("returned list",), ("bad_output",), stage="contract"),

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints.ledger import LedgerError, inner_state, trace_events
+from checkpoints.rebuild import LedgerError, inner_state, trace_events
 from checkpoints.sqlite import CheckpointError, checkpoint_path, open_checkpointer
 from graphs.cli import resume_from_ledger
-from graphs.runs import RunConfig
+from graphs.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = ROOT / "scripts" / "soak.py"
@@ -187,8 +187,8 @@ def test_the_ledger_state_follows_the_decide_rules(finished_run: Path) -> None:
 def test_an_inner_only_run_continues_from_the_ledger(tmp_path: Path) -> None:
     from support import SyntheticExecutor, change
 
-    from graphs.run import execute
-    from nodes.scripted_model import ScriptedChatModel
+    from graphs.runner import execute
+    from llm.scripted import ScriptedChatModel
 
     config = RunConfig(run_dir=str(tmp_path / "run"), level="1", iterations=5, segment=6, budget_s=1.0)
     script = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12)]

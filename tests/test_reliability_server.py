@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from support import SyntheticExecutor, config
 
-from graphs.run import execute
-from nodes.ledger import Ledger
-from nodes.trainer import TrainerSettings, Trial
+from checkpoints.run_folder import Ledger
+from graphs.runner import execute
+from trials.launcher import TrainerSettings, Trial
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ CHILD = textwrap.dedent(
     import sys, time
     sys.path[:0] = [sys.argv[3], sys.argv[3] + "/tests"]
     from support import SyntheticExecutor, config
-    from graphs.run import execute
+    from graphs.runner import execute
     from pathlib import Path
 
     class Executor(SyntheticExecutor):

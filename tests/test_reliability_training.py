@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from support import change, config
 
-from graphs.run import execute
-from nodes.candidate import rewrite_constants
+from checkpoints.run_folder import Ledger
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
-from nodes.ledger import Ledger
-from nodes.scripted_model import ScriptedChatModel
-from nodes.trainer import LocalExecutor, TrainerSettings, Trial, trainer_env
+from trials.candidate import rewrite_constants
+from trials.launcher import LocalExecutor, TrainerSettings, Trial, trainer_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-planted-training-secret"
@@ -191,7 +191,7 @@ INTERRUPTED = textwrap.dedent(
     """
     import signal, sys, time
     from pathlib import Path
-    from nodes.trainer import LocalExecutor, TrainerSettings, Trial
+    from trials.launcher import LocalExecutor, TrainerSettings, Trial
 
     def fail(*_):
         raise RuntimeError("an error in the parent")
@@ -226,7 +226,7 @@ PARENT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from nodes.trainer import LocalExecutor, TrainerSettings, Trial
+    from trials.launcher import LocalExecutor, TrainerSettings, Trial
     LocalExecutor().run(Trial("e0000", Path(sys.argv[1])), TrainerSettings(budget_s=1.0, kill_after_s=600))
     """
 )

@@ -6,10 +6,10 @@ import shutil
 
 from support import SyntheticExecutor, change, config
 
+from checkpoints.run_folder import Ledger
 from graphs.report import proposal_stats, write_report
-from graphs.run import execute
-from nodes.ledger import Ledger
-from nodes.scripted_model import ScriptedChatModel
+from graphs.runner import execute
+from llm.scripted import ScriptedChatModel
 
 
 def test_report_from_the_ledger_alone(tmp_path):

@@ -33,7 +33,7 @@ from mechanisms.base import MechanismSpec, view_payload
 from mechanisms.sandbox import SandboxedMechanism, SandboxError, SandboxLimits
 from mechanisms.space import SearchSpace
 from mechanisms.validation import synthetic_trace, validate_mechanism
-from nodes.trainer import TrainerSettings, run_training
+from trials.launcher import TrainerSettings, run_training
 
 pytestmark = pytest.mark.skipif(jail.unavailable() is not None, reason=f"no sandbox here: {jail.unavailable()}")
 

@@ -14,12 +14,12 @@ from support import SyntheticExecutor, change, config
 
 from graphs.cli import main
 from graphs.report import write_report
-from graphs.run import check_sandbox, execute, sandbox_needs
-from graphs.runs import RunConfig
+from graphs.run_config import RunConfig
+from graphs.runner import check_sandbox, execute, sandbox_needs
+from llm.scripted import ScriptedChatModel
 from mechanisms import jail
 from mechanisms.sandbox import MAX_DEPTH, json_depth
-from nodes.scripted_model import ScriptedChatModel
-from nodes.trainer import TrainerSettings
+from trials.launcher import TrainerSettings
 
 GOOD = """NAME = "lr_walk"
 TARGET = "propose"
@@ -162,13 +162,13 @@ json.dump(found, open(sys.argv[sys.argv.index("--result-json") + 1], "w"))
 def test_the_ray_task_runs_a_trial_like_the_local_executor(monkeypatch: pytest.MonkeyPatch) -> None:
     """The body of the Ray task, called here: the same launcher, so the same sandbox, allowlist and memory limit;
     the node's data cache is filled outside the sandbox first."""
-    import nodes.ray_executor
+    import trials.ray_executor
 
     prepared: list[str] = []
-    monkeypatch.setattr(nodes.ray_executor, "prepare_outside", lambda settings: prepared.append(settings.corpus))
+    monkeypatch.setattr(trials.ray_executor, "prepare_outside", lambda settings: prepared.append(settings.corpus))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-planted-ray")
     settings = TrainerSettings(budget_s=1.0, kill_after_s=60, sandbox=True, memory_limit_bytes=2 << 30)
-    reply = nodes.ray_executor.run_trial_here("e0001", PROBE, settings)
+    reply = trials.ray_executor.run_trial_here("e0001", PROBE, settings)
     assert reply["outcome"]["ok"], reply
     found = json.loads(reply["result_json"])
     assert found["uid"] == jail.SANDBOX_UID and len(found["pids"]) <= 3 and found["as"] == 2 << 30

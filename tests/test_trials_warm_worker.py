@@ -77,7 +77,7 @@ def test_a_worker_that_dies_mid_trial_loses_it_as_an_error_and_starts_again(
 def test_the_local_executor_forks_parameter_trials_from_its_worker_and_counts_their_cpu_as_its_own(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nodes.trainer import LocalExecutor, TrainerSettings, Trial
+    from trials.launcher import LocalExecutor, TrainerSettings, Trial
 
     monkeypatch.setenv("BILEVEL_CACHE", env["BILEVEL_CACHE"])  # the allowlist passes it on to the worker
     settings = TrainerSettings(budget_s=3.0, corpus=env["CORPUS"], vocab_size=VOCAB, eval_tokens=EVAL_TOKENS)
@@ -98,7 +98,7 @@ def test_the_local_executor_forks_parameter_trials_from_its_worker_and_counts_th
 
 
 def test_the_cpu_of_a_trial_reaped_by_the_worker_is_not_counted_as_other_load() -> None:
-    from nodes.machine_load import CpuSnapshot, other_share
+    from trials.machine_load import CpuSnapshot, other_share
 
     before = CpuSnapshot(at=0.0, machine_busy_s=0.0, self_s=0.0, children_s=0.0, cpus=2)
     after = CpuSnapshot(at=10.0, machine_busy_s=11.0, self_s=0.5, children_s=0.0, cpus=2)  # 10.5 s nobody reaped

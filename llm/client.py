@@ -1,6 +1,6 @@
 """The one LLM factory both loops use: settings from flags or environment, one OpenAI-compatible client path.
 
-With no endpoint configured the embedded SmolLM2-135M server is started (`nodes.local_server`) and the same
+With no endpoint configured the embedded SmolLM2-135M server is started (`llm.local_server`) and the same
 `ChatOpenAI` client talks to it; DeepSeek, vLLM, Ollama or OpenAI itself are just a base URL and a model name.
 `model="scripted"` yields a `ScriptedChatModel` replaying a given script (tests and demos).
 """
@@ -23,8 +23,8 @@ from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from nodes.local_server import MODEL_ALIAS, LocalModelServer
-from nodes.scripted_model import ScriptedChatModel
+from llm.local_server import MODEL_ALIAS, LocalModelServer
+from llm.scripted import ScriptedChatModel
 
 SCRIPTED = "scripted"
 EMBEDDED_MAX_TOKENS = 1024  # the embedded model decodes ~67 tokens/s on 2 cores: cap a rambling answer at ~15 s

@@ -4,7 +4,7 @@ How the files travel (no shared filesystem is needed):
 - driver -> worker: the candidate train.py is read from the experiment folder and sent as a task argument (a few
   tens of kB, inlined in the task spec); the `TrainerSettings` go with it.
 - worker: the task writes train.py into a fresh temporary folder of its node and runs it exactly like
-  `LocalExecutor` does, through the same launcher (`nodes.trainer.run_training`): same command line, same
+  `LocalExecutor` does, through the same launcher (`trials.launcher.run_training`): same command line, same
   allowlisted environment, same memory limit, the same OS sandbox for a code-mode train.py, same hard timeout on
   the whole process group, same `read_outcome`. A worker without bubblewrap records a code-mode trial as a crash
   that names the package.
@@ -12,7 +12,7 @@ How the files travel (no shared filesystem is needed):
   (through Ray's object store); the driver writes log.txt and result.json into the experiment folder.
 - the repository's code reaches the workers through the job's `runtime_env={"working_dir": <repository root>}`:
   Ray zips it (honouring .gitignore and `RUNTIME_ENV_EXCLUDES`), uploads it to the cluster once per content hash and
-  unpacks it on every node, so `nodes.ray_executor` imports there and train.py finds `gpt/` on PYTHONPATH. The Python
+  unpacks it on every node, so `trials.ray_executor` imports there and train.py finds `gpt/` on PYTHONPATH. The Python
   environment (torch, ...) must already be installed on every node.
 
 Faults:
@@ -44,8 +44,8 @@ from typing import Any, cast
 import ray
 from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError
 
-from nodes.ledger import write_atomic, write_json_atomic
-from nodes.trainer import REPO_ROOT, LocalExecutor, TrainerSettings, Trial, prepare_outside, run_training
+from checkpoints.run_folder import write_atomic, write_json_atomic
+from trials.launcher import REPO_ROOT, LocalExecutor, TrainerSettings, Trial, prepare_outside, run_training
 
 NAMESPACE = "bilevel-autoresearch"
 # Never shipped to the workers (on top of what .gitignore already leaves out).

@@ -8,7 +8,7 @@ training, the LLM's included (an injected solution, told at the point that was t
 
 from typing import Any
 
-from mechanisms.cma_es import cma_proposal
+from mechanisms.builtin.cma_es import cma_proposal
 
 NAME = "centaur"
 TARGET = "propose"

@@ -92,7 +92,7 @@ def optimizer(view: Any, seed: int) -> CMA:
 
 def cma_proposal(view: Any) -> dict[str, Any]:
     """A draw from the current CMA-ES distribution that differs from the incumbent and from every trained one."""
-    from mechanisms.local_search import config_key, tried_configs
+    from mechanisms.builtin.local_search import config_key, tried_configs
 
     names = list(view.free_names)
     if not names:

@@ -28,7 +28,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from nodes.structured import LLMFatalError
+from llm.structured import LLMFatalError
 
 ScriptItem = dict[str, Any] | str | AIMessage | BaseException | type[BaseException] | Callable[[list[BaseMessage]], Any]
 

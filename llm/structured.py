@@ -138,7 +138,7 @@ def ask_structured(
     `check(value)` returns an error string to reject a parsed value (e.g. a no-op or out-of-range proposal).
     `max_answers` caps the model answers that may be rejected (1 for a schema whose every answer is valid: an
     invalid one then means an endpoint that ignores the grammar, and re-asking it rarely mends); endpoint failures
-    count against `max_attempts` only. The client's own retries are off (`nodes.llm`): every request is an attempt
+    count against `max_attempts` only. The client's own retries are off (`llm.client`): every request is an attempt
     here, recorded and charged. A callback of `llm` with `call_limits(llm, messages)` bounds each request (time
     limit, answer tokens) and `observe_call(prompt_tokens, completion_tokens, seconds, ok)` learns from it.
     Raises `LLMBudgetExhausted` when the budget does not allow the next attempt, and lets `LLMFatalError` and

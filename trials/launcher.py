@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpt.prepare import cache_root
+from llm.local_server import spawn_tied
 from mechanisms import jail
-from nodes.local_server import spawn_tied
-from nodes.machine_load import other_share, snapshot
+from trials.machine_load import other_share, snapshot
 from trials.warm_worker import WarmWorker, WorkerError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

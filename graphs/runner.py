@@ -15,6 +15,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 
+from checkpoints.run_folder import Ledger, write_json_atomic
 from checkpoints.sqlite import DURABILITY, open_checkpointer
 from graphs.inner import build_inner_graph, inner_graph_for
 from graphs.outer import (
@@ -25,16 +26,15 @@ from graphs.outer import (
     pending,
     topology_problem,
 )
-from graphs.runs import RunConfig, initial_inner_state, make_context, restore_budget
+from graphs.run_config import RunConfig, initial_inner_state, make_context, restore_budget
+from llm.client import LLMSettings, open_chat_model
+from llm.local_server import MODEL_ALIAS
+from llm.structured import model_name
 from mechanisms import jail
 from nodes.context import OuterContext
-from nodes.ledger import Ledger, write_json_atomic
-from nodes.llm import LLMSettings, open_chat_model
-from nodes.local_server import MODEL_ALIAS
 from nodes.mechanism_loader import builtin_mechanism, builtin_record
 from nodes.state import MechanismRecord
-from nodes.structured import model_name
-from nodes.trainer import REPO_ROOT, Executor, LocalExecutor
+from trials.launcher import REPO_ROOT, Executor, LocalExecutor
 
 GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
 LEVEL_NAMES = {
@@ -60,8 +60,8 @@ def start_mechanism(config: RunConfig) -> MechanismRecord:
         return builtin_record("llm_greedy")
     path = Path(config.mechanism)
     if path.suffix == ".py" and path.exists():
+        from checkpoints.run_folder import write_atomic
         from mechanisms.base import MechanismSpec
-        from nodes.ledger import write_atomic
         from nodes.mechanism_calls import mechanism_record
 
         spec = MechanismSpec.from_source(path.read_text(), origin="generated")
@@ -195,7 +195,7 @@ def executor_for(config: RunConfig) -> Executor:
             )
         return surrogate
     if config.executor == "ray":
-        from nodes.ray_executor import RayExecutor
+        from trials.ray_executor import RayExecutor
 
         return RayExecutor(config.ray_address or "auto", parallel=config.parallel, warm=config.warm_worker)
     return LocalExecutor(parallel=config.parallel or 1, warm=config.warm_worker)

@@ -31,8 +31,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from llm.structured import LLMFatalError
 from mechanisms.jail import passed_env
-from nodes.structured import LLMFatalError
 
 MODEL_ALIAS = "smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

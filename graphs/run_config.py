@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkpoints.run_folder import Ledger, write_atomic, write_json_atomic
+from llm.structured import LLMBudget
 from mechanisms.space import SearchSpace
 from nodes.context import TRAIN_PATH, InnerContext
-from nodes.ledger import Ledger, write_atomic, write_json_atomic
 from nodes.state import InnerState, MechanismRecord
-from nodes.structured import LLMBudget
-from nodes.trainer import Executor, LocalExecutor, TrainerSettings
+from trials.launcher import Executor, LocalExecutor, TrainerSettings
 
 
 @dataclass
