@@ -28,15 +28,12 @@ def _process_start() -> float:
 PROCESS_START = _process_start()  # a trial forked from a warm worker resets it to the fork's time
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import tokenize  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import AbstractContextManager, contextmanager, nullcontext  # noqa: E402
@@ -46,10 +43,9 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from gpt import evaluate, machine, prepare  # noqa: E402
+from gpt import constants, evaluate, machine, prepare  # noqa: E402
 
-BLOCK_START = "# ---- hyperparameters: the inner loop edits this block ----"
-BLOCK_END = "# ---- end of hyperparameters ----"
+BLOCK_START, BLOCK_END = constants.BLOCK_START, constants.BLOCK_END
 EXCLUDED_STEPS = 2  # compile and allocator warm-up happen here; they train but do not count against the budget
 DEFAULT_BUDGET_S = 300.0
 MAX_LOSS = 100.0
@@ -70,70 +66,25 @@ class Diverged(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The hyperparameter block
+# The hyperparameter block: its grammar is gpt/constants.py
 
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    value: Any
-    kind: str  # int | float | choice | bool
-    domain: tuple  # (low, high) for int/float, the choices for choice, () for bool
-    log: bool = False
-    frozen: bool = False
-    multiple_of: tuple[str, ...] = ()  # the value must be a multiple of these parameters' product
+Param = constants.Constant
 
 
 def parse_block(source: str) -> list[Param]:
-    """The constants block of a train.py source:
-    `NAME = literal  # kind [bounds or choices] [log] [frozen] [multiple_of NAME*NAME...] [; what it means]`."""
-    lines = source.splitlines()
+    """The constants of the block of a train.py source; ConfigError for anything the grammar refuses."""
     try:
-        start, end = lines.index(BLOCK_START), lines.index(BLOCK_END)
-    except ValueError as e:
-        raise ConfigError(f"train.py has no hyperparameter block ({BLOCK_START!r} ... {BLOCK_END!r})") from e
-    params = []
-    for line in lines[start + 1 : end]:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        comments = [t for t in tokenize.generate_tokens(io.StringIO(line).readline) if t.type == tokenize.COMMENT]
-        if not comments:
-            raise ConfigError(f"hyperparameter line has no '# kind [...]' comment: {line!r}")
-        code, comment = line[: comments[0].start[1]], comments[0].string.lstrip("#").strip()
-        try:
-            node = ast.parse(code).body[0]
-            assert isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-            name, value = node.targets[0].id, ast.literal_eval(node.value)
-            kind, rest = comment.split(None, 1) if " " in comment else (comment, "")
-            bracket_end = rest.index("]") + 1 if rest.startswith("[") else 0
-            domain = tuple(ast.literal_eval(rest[:bracket_end])) if bracket_end else ()
-            words = rest[bracket_end:].split(";", 1)[0].split()  # after ";": the human comment
-            multiple: tuple[str, ...] = ()
-            if "multiple_of" in words:
-                at = words.index("multiple_of")
-                multiple, words = tuple(words[at + 1].split("*")), words[:at] + words[at + 2 :]
-            flags = set(words)
-        except (SyntaxError, ValueError, AssertionError, IndexError) as e:
-            raise ConfigError(f"cannot parse hyperparameter line {line!r}: {e}") from e
-        if kind not in ("int", "float", "choice", "bool") or flags - {"log", "frozen"}:
-            raise ConfigError(f"hyperparameter {name}: unknown kind or flag in {comment!r}")
-        params.append(Param(name, value, kind, domain, "log" in flags, "frozen" in flags, multiple))
-    return params
+        return constants.parse_block(source)
+    except constants.BlockError as e:
+        raise ConfigError(f"train.py's hyperparameter block: {e}") from e
 
 
 def check_param(p: Param) -> None:
     """Raise ConfigError when a value does not fit its declaration."""
-    if p.kind == "bool":
-        ok = isinstance(p.value, bool)
-    elif p.kind == "choice":
-        ok = p.value in p.domain
-    else:
-        want = int if p.kind == "int" else (int, float)
-        ok = isinstance(p.value, want) and not isinstance(p.value, bool) and len(p.domain) == 2
-        ok = ok and p.domain[0] <= p.value <= p.domain[1]
-    if not ok:
+    wrong = constants.value_problem(p.name, p.kind, p.domain, p.value)
+    if wrong:
         declared = f"{p.kind} {list(p.domain)}"
-        raise ConfigError(f"hyperparameter {p.name} = {p.value!r} is outside its declaration: {declared}")
+        raise ConfigError(f"hyperparameter {p.name} = {p.value!r} is outside its declaration: {declared} ({wrong})")
 
 
 def hyperparameters(script: str) -> dict[str, Any]:
@@ -141,15 +92,10 @@ def hyperparameters(script: str) -> dict[str, Any]:
     params = parse_block(Path(script).read_text())
     for p in params:
         check_param(p)
-    values = {p.name: p.value for p in params}
-    for p in params:
-        if p.multiple_of:
-            if any(n not in values for n in p.multiple_of):
-                raise ConfigError(f"hyperparameter {p.name}: multiple_of names an unknown parameter {p.multiple_of}")
-            product = math.prod(values[n] for n in p.multiple_of)
-            if p.value % product:
-                raise ConfigError(f"{p.name}={p.value} is not a multiple of {'*'.join(p.multiple_of)}={product}")
-    return values
+    problems = constants.problems(params)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return {p.name: p.value for p in params}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Run a mechanism's source in a child process, never in the parent.
 
 The child (``mechanisms/_child.py``) runs inside the OS sandbox of ``mechanisms/jail.py`` (bubblewrap: its own user,
-PID, network, IPC and mount namespaces, a read-only filesystem of the system, Python and ``mechanisms/`` only, a
+PID, network, IPC and mount namespaces, a read-only filesystem of the system, Python, ``mechanisms/`` and the
+grammar of train.py's constants block (``gpt/constants.py``, which the search space reads) only, a
 private ``/tmp`` as its cwd, no inherited environment, no new processes, CPU / address-space / file-size /
 open-file / process limits); that is the boundary. Inside it, the static policy and an audit hook act as a linter
 that turns the usual attempts into readable errors. The mechanism's ``view.ask_llm`` calls come back to the parent
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from gpt import constants
 from mechanisms import jail
 from mechanisms.base import MechanismSpec
 from mechanisms.policy import check_source
 
 CHILD = Path(__file__).with_name("_child.py")
+GRAMMAR = (str(Path(constants.__file__).with_name("__init__.py")), constants.__file__)  # of gpt/, only these
 CLONE_NEWNET = 0x40000000
 CHILD_ENV = {
     "PYTHONHASHSEED": "0",
@@ -126,9 +129,10 @@ def _exit_reason(code: int) -> str:
 
 
 def mechanism_jail(limits: SandboxLimits) -> jail.Jail:
-    """What a mechanism's child sees: the system, Python, ``mechanisms/`` (read-only), a private /tmp; no processes."""
+    """What a mechanism's child sees: the system, Python, ``mechanisms/`` and the block's grammar (read-only), a
+    private /tmp; no processes."""
     env = {**CHILD_ENV, "PATH": jail.SANDBOX_PATH, "HOME": "/tmp", "TMPDIR": "/tmp"}
-    return jail.Jail(read_only=(str(CHILD.parent),), env=env, cwd="/tmp", tmp_bytes=limits.scratch_bytes)
+    return jail.Jail(read_only=(str(CHILD.parent), *GRAMMAR), env=env, cwd="/tmp", tmp_bytes=limits.scratch_bytes)
 
 
 class SandboxedMechanism:

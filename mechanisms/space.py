@@ -1,28 +1,23 @@
 """The search space: parsed from the constants block of gpt/train.py, the single declaration of what may change.
 
 Each line of the block is ``NAME = literal  # kind [bounds or choices] [log] [frozen] [; what it means]`` with kinds
-``int``, ``float``, ``choice`` and ``bool``; the text after the first ``;`` outside brackets and quotes is a short human
-comment (the prompts reuse it). Values are read with ``ast`` (literals and simple arithmetic such as ``2**14``),
-comments with ``tokenize``. Every name a mechanism or the LLM uses is checked against this space, so keys always
-match the real parameter names.
+``int``, ``float``, ``choice`` and ``bool``; the text after the first ``;`` is a short human comment (the prompts reuse
+it). The grammar is gpt/constants.py, the one the training process and the candidate builder read too. Every name a
+mechanism or the LLM uses is checked against this space, so keys always match the real parameter names.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
-import io
 import math
-import operator
 import random
-import tokenize
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-BEGIN_MARKER = "# ---- hyperparameters: the inner loop edits this block ----"
-END_MARKER = "# ---- end of hyperparameters ----"
-KINDS = ("int", "float", "choice", "bool")
+from gpt import constants
+from gpt.constants import KINDS
+
 MAX_CHANGES = 3
 LOG_FACTORS = (0.5, 0.7, 1.4, 2.0)  # one-parameter steps of a log-scale numeric (see SearchSpace.steps)
 GRID_STEPS = (-2, -1, 1, 2)  # ... and of a linear one, in grid steps
@@ -84,15 +79,6 @@ _GROUP_RULES: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
 )
-_BINOPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
 
 
 class SpaceError(ValueError):
@@ -109,37 +95,16 @@ def group_of(name: str) -> str:
 
 
 def eval_expression(text: str) -> Any:
-    """Evaluate a literal or a simple arithmetic expression (``2**14``, ``3e-4``, ``-1``, ``"muon"``, ``True``)."""
+    """Evaluate a literal or a simple arithmetic expression (``2**14``, ``1 << 13``, ``3e-4``, ``-1``, ``"muon"``,
+    ``True``) by the grammar of the constants block."""
     try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise SpaceError(f"not a literal or simple expression: {text!r}") from exc
-    return _eval_node(tree.body, text)
+        return constants.evaluate(text)
+    except constants.BlockError as exc:
+        raise SpaceError(str(exc)) from None
 
 
-def _eval_node(node: ast.AST, text: str) -> Any:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        value = _eval_node(node.operand, text)
-        if not _is_number(value):
-            raise SpaceError(f"unary sign on a non-number in {text!r}")
-        return -value if isinstance(node.op, ast.USub) else +value
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval_node(node.left, text), _eval_node(node.right, text)
-        if not (_is_number(left) and _is_number(right)):
-            raise SpaceError(f"arithmetic on a non-number in {text!r}")
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise SpaceError(f"exponent too large in {text!r}")
-        try:
-            return _BINOPS[type(node.op)](left, right)
-        except (ArithmeticError, ValueError) as exc:
-            raise SpaceError(f"cannot evaluate {text!r}: {exc}") from exc
-    raise SpaceError(f"not a literal or simple expression: {text!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_is_number = constants.is_number
+_same = constants.same
 
 
 @dataclass(frozen=True)
@@ -168,23 +133,12 @@ class Param:
 
     def type_error(self, value: Any) -> str | None:
         """Why ``value`` is not of this parameter's kind, or None."""
-        if self.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-            return f"{self.name} takes an int, got {value!r}"
-        if self.kind == "float" and not _is_number(value):
-            return f"{self.name} takes a float, got {value!r}"
-        if self.kind == "float" and not math.isfinite(value):
-            return f"{self.name} takes a finite float, got {value!r}"
-        if self.kind == "bool" and not isinstance(value, bool):
-            return f"{self.name} takes a bool, got {value!r}"
-        return None
+        return constants.type_problem(self.name, self.kind, value)
 
     def range_error(self, value: Any) -> str | None:
         """Why a value of the right kind lies outside this parameter's bounds or choices, or None."""
-        if self.kind in ("int", "float") and not (self.low <= value <= self.high):
-            return f"{self.name}={value!r} is outside [{self.low}, {self.high}]"
-        if self.kind == "choice" and not any(_same(value, c) for c in self.choices):
-            return f"{self.name}={value!r} is not one of {list(self.choices)}"
-        return None
+        domain = (self.low, self.high) if self.kind in ("int", "float") else self.choices
+        return constants.range_problem(self.name, self.kind, domain, value)
 
     def to_unit(self, value: Any) -> float:
         """Position of ``value`` in [0, 1]: log-aware for numerics, index for choices, 0/1 for bools."""
@@ -211,10 +165,6 @@ class Param:
         if self.kind == "int":
             return int(min(high, max(low, round(value))))
         return min(high, max(low, float(f"{value:.12g}")))
-
-
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (_is_number(a) and _is_number(b) and a == b)
 
 
 def _tuples(p: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,17 +242,11 @@ class SearchSpace:
     @classmethod
     def from_train_source(cls, text: str) -> SearchSpace:
         """Parse the hyperparameter block of a train.py source text."""
-        lines = text.splitlines()
-        starts = [i for i, line in enumerate(lines) if line.strip() == BEGIN_MARKER]
-        ends = [i for i, line in enumerate(lines) if line.strip() == END_MARKER]
-        if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-            raise SpaceError("expected exactly one hyperparameter block between the begin and end markers")
-        params = []
-        for number in range(starts[0] + 1, ends[0]):
-            line = lines[number]
-            if line.strip() and not line.strip().startswith("#"):
-                params.append(_parse_line(line, number + 1))
-        return cls(tuple(params))
+        try:
+            declared = constants.parse_block(text)
+        except constants.BlockError as exc:
+            raise SpaceError(str(exc)) from None
+        return cls(tuple(_param(c) for c in declared))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -388,17 +332,8 @@ class SearchSpace:
 
     def constraint_errors(self, config: Mapping[str, Any]) -> list[str]:
         """Errors of the rules between parameters (``multiple_of``) in a whole configuration."""
-        errors = []
-        for p in self.params:
-            if not p.multiple_of or not all(n in config for n in (p.name, *p.multiple_of)):
-                continue
-            product = math.prod(config[n] for n in p.multiple_of)
-            if product and config[p.name] % product:
-                errors.append(
-                    f"{p.name}={config[p.name]} is not a multiple of {'*'.join(p.multiple_of)}={product} "
-                    "(train.py refuses it)"
-                )
-        return errors
+        found = (constants.multiple_problem(p.name, p.multiple_of, config) for p in self.params)
+        return [f"{problem} (train.py refuses it)" for problem in found if problem]
 
     def repair(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` with each ``multiple_of`` parameter moved to the nearest (in log scale) multiple in its bounds;
@@ -671,110 +606,14 @@ def _coerce_choice(p: Param, value: Any) -> Any:
     raise SpaceError(f"{p.name}={value!r} is not one of {list(p.choices)}")
 
 
-def _parse_line(line: str, number: int) -> Param:
-    where = f"line {number}: {line.strip()!r}"
+def _param(c: constants.Constant) -> Param:
+    """The search-space parameter of a constant of the block (a float's default and bounds as floats)."""
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
-    except (tokenize.TokenError, SyntaxError) as exc:
-        raise SpaceError(f"{where}: cannot tokenize ({exc})") from exc
-    comments = [t for t in tokens if t.type == tokenize.COMMENT]
-    if len(comments) != 1:
-        raise SpaceError(f"{where}: needs a trailing comment '# kind [bounds] [log] [frozen]'")
-    code = line.strip()[: comments[0].start[1]]
-    declaration, doc = split_declaration(comments[0].string[1:].strip())
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as exc:
-        raise SpaceError(f"{where}: not an assignment ({exc.msg})") from exc
-    stmt = tree.body[0] if len(tree.body) == 1 else None
-    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
-        raise SpaceError(f"{where}: expected 'NAME = literal'")
-    name = stmt.targets[0].id
-    try:
-        default = _eval_node(stmt.value, ast.unparse(stmt.value))
-        kind, bounds, flags = _parse_comment(declaration)
-        if kind in ("int", "float"):
-            if len(bounds) != 2:
-                raise SpaceError(f"{kind} needs [low, high]")
-            if kind == "float":
-                bounds = [float(b) if _is_number(b) else b for b in bounds]
-                default = float(default) if _is_number(default) else default
-            multiple = tuple(flags.get("multiple_of", ()))
-            if multiple and kind != "int":
-                raise SpaceError("multiple_of applies to int parameters only")
-            return Param(
-                name, kind, bounds[0], bounds[1], (), "log" in flags, "frozen" in flags, default, multiple, doc
-            )
-        if kind == "choice":
-            choices = tuple(bounds)
-            return Param(
-                name, kind, choices=choices, frozen="frozen" in flags, log="log" in flags, default=default, doc=doc
-            )
-        if bounds:
-            raise SpaceError("bool takes no bounds")
-        return Param(name, kind, frozen="frozen" in flags, log="log" in flags, default=default, doc=doc)
+        if c.kind in ("int", "float"):
+            low, high, default = c.domain[0], c.domain[1], c.value
+            if c.kind == "float":
+                low, high, default = (float(v) if _is_number(v) else v for v in (low, high, default))
+            return Param(c.name, c.kind, low, high, (), c.log, c.frozen, default, c.multiple_of, c.doc)
+        return Param(c.name, c.kind, choices=c.domain, log=c.log, frozen=c.frozen, default=c.value, doc=c.doc)
     except SpaceError as exc:
-        raise SpaceError(f"{where}: {exc}") from exc
-
-
-def split_declaration(comment: str) -> tuple[str, str]:
-    """``kind [bounds] flags; what it means`` -> (declaration, human comment): split at the first ``;`` that is
-    outside brackets and quotes (a choice may contain one)."""
-    depth, quote = 0, ""
-    for i, char in enumerate(comment):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[(":
-            depth += 1
-        elif char in "])":
-            depth -= 1
-        elif char == ";" and depth == 0:
-            return comment[:i].strip(), comment[i + 1 :].strip()
-    return comment.strip(), ""
-
-
-def _parse_comment(body: str) -> tuple[str, list[Any], dict[str, Any]]:
-    """Split ``kind [bounds] flags`` using the tokenizer; the bracket is evaluated element by element."""
-    try:
-        tokens = [
-            t
-            for t in tokenize.generate_tokens(io.StringIO(body + "\n").readline)
-            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
-        ]
-    except (tokenize.TokenError, SyntaxError) as exc:
-        raise SpaceError(f"cannot tokenize comment ({exc})") from exc
-    if not tokens or tokens[0].type != tokenize.NAME or tokens[0].string not in KINDS:
-        raise SpaceError(f"comment must start with a kind ({', '.join(KINDS)})")
-    rest, bounds = tokens[1:], []
-    if rest and rest[0].string == "[":
-        depth, close = 0, None
-        for i, tok in enumerate(rest):
-            depth += {"[": 1, "]": -1}.get(tok.string, 0) if tok.type == tokenize.OP else 0
-            if depth == 0:
-                close = i
-                break
-        if close is None:
-            raise SpaceError("unclosed '['")
-        text = body[rest[0].start[1] : rest[close].end[1]]
-        node = ast.parse(text, mode="eval").body
-        if not isinstance(node, ast.List):
-            raise SpaceError(f"bad bracket {text!r}")
-        bounds = [_eval_node(element, text) for element in node.elts]
-        rest = rest[close + 1 :]
-    flags = [t.string for t in rest]
-    options: dict[str, Any] = {}
-    if "multiple_of" in flags:  # multiple_of NAME*NAME...: the last clause
-        at = flags.index("multiple_of")
-        factors = flags[at + 1 :]
-        names = factors[::2]
-        if not names or any(not n.isidentifier() for n in names) or any(op != "*" for op in factors[1::2]):
-            raise SpaceError(f"multiple_of needs NAME or NAME*NAME..., got {' '.join(factors)!r}")
-        if len(factors) % 2 == 0:
-            raise SpaceError(f"multiple_of ends with an operator: {' '.join(factors)!r}")
-        options["multiple_of"], flags = names, flags[:at]
-    if any(f not in ("log", "frozen") for f in flags) or len(set(flags)) != len(flags):
-        raise SpaceError(f"unexpected flags {flags}: only 'log', 'frozen' and a final 'multiple_of', each once")
-    options.update({f: True for f in flags})
-    return tokens[0].string, bounds, options
+        raise SpaceError(f"line {c.line}: {exc}") from None

@@ -1,14 +1,15 @@
-"""Building a candidate train.py: constants rewritten through the AST, code-mode edits applied under a guard."""
+"""Building a candidate train.py: constants rewritten by the block's grammar (gpt/constants.py), code-mode edits applied
+under a guard."""
 
 from __future__ import annotations
 
 import ast
 import difflib
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-BLOCK_START = "# ---- hyperparameters: the inner loop edits this block ----"
-BLOCK_END = "# ---- end of hyperparameters ----"
+from gpt import constants
 
 # What a code edit may not add to train.py (counted on the whole edited file, so a search text cannot smuggle a name
 # in). The training process runs the edited file with full Python, so this guard refuses the direct forms of
@@ -39,42 +40,12 @@ class EditError(ValueError):
     """A code edit or constant change that cannot be applied; the message says why."""
 
 
-def block_lines(source: str) -> tuple[int, int]:
-    """1-based line numbers of the block's start and end markers."""
-    lines = source.splitlines()
+def rewrite_constants(source: str, values: Mapping[str, Any]) -> str:
+    """Return `source` with the block's constants set to `values`, each changed value's text replaced in place."""
     try:
-        start = next(i for i, line in enumerate(lines, 1) if line.strip() == BLOCK_START)
-        end = next(i for i, line in enumerate(lines, 1) if line.strip() == BLOCK_END and i > start)
-    except StopIteration:
-        raise EditError("train.py has no hyperparameter block (its start and end markers are missing)") from None
-    return start, end
-
-
-def rewrite_constants(source: str, values: dict[str, Any]) -> str:
-    """Return `source` with the block's constants set to `values`, each value's source span replaced in place."""
-    start, end = block_lines(source)
-    spans: dict[str, ast.expr] = {}
-    for node in ast.parse(source).body:
-        if (
-            isinstance(node, ast.Assign)
-            and start < node.lineno < end
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-        ):
-            spans[node.targets[0].id] = node.value
-    missing = sorted(set(values) - set(spans))
-    if missing:
-        raise EditError(f"not constants of the hyperparameter block: {', '.join(missing)}")
-    lines = source.splitlines(keepends=True)
-    for name in sorted(values, key=lambda n: spans[n].lineno, reverse=True):
-        value = spans[name]
-        if value.lineno != value.end_lineno:
-            raise EditError(f"{name}: a constant must fit on one line")
-        line = lines[value.lineno - 1]
-        encoded = line.encode()
-        new = encoded[: value.col_offset] + repr(values[name]).encode() + encoded[value.end_col_offset :]
-        lines[value.lineno - 1] = new.decode()
-    return "".join(lines)
+        return constants.rewrite(source, values)
+    except constants.BlockError as e:
+        raise EditError(str(e)) from None
 
 
 def _locked_names(tree: ast.Module) -> set[str]:
@@ -178,8 +149,10 @@ def apply_edits(source: str, edits: list[dict[str, str]]) -> str:
         old_tree
     ):
         raise EditError("the edit changes the locked evaluation, data split, time budget or result reporting")
-    if BLOCK_START not in new or BLOCK_END not in new:
-        raise EditError("the edit removes a marker of the hyperparameter block")
+    try:
+        constants.parse_block(new)
+    except constants.BlockError as e:  # the training would exit 2 on it
+        raise EditError(f"the edited hyperparameter block breaks its grammar: {e}") from None
     return new
 
 
