@@ -58,6 +58,14 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
         "--parallel", type=int, help="trials in flight at once (default: 1 locally; on Ray, what the cluster admits)"
     )
     ap.add_argument(
+        "--overlap",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="start each trial of a batch as soon as it is proposed, asking the next proposal while it trains (the "
+        "same proposals, earlier); auto: on with --batch > 1 where the LLM does not share the trainer's cores (a "
+        "remote endpoint, --device cuda, --executor ray)",
+    )
+    ap.add_argument(
         "--cold-trials",
         action="store_true",
         help="start every local training as a fresh process (default: fork parameter-mode trials from a warm worker)",
@@ -143,6 +151,7 @@ def config_from(args: argparse.Namespace, *, bilevel: bool) -> RunConfig:
         parallel=args.parallel,
         proposal_style=args.proposal_style,
         warm_worker=not args.cold_trials,
+        overlap=args.overlap,
         model=args.model,
         base_url=args.base_url,
         max_llm_calls=args.max_llm_calls,

@@ -13,9 +13,9 @@ from typing import Any
 from checkpoints.run_folder import Ledger, write_atomic, write_json_atomic
 from llm.structured import LLMBudget
 from mechanisms.space import SearchSpace
-from nodes.context import TRAIN_PATH, InnerContext
+from nodes.context import InnerContext
 from nodes.state import InnerState, MechanismRecord
-from trials.launcher import Executor, LocalExecutor, TrainerSettings
+from trials.launcher import TRAIN_PATH, Executor, LocalExecutor, TrainerSettings
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RunConfig:
     ray_address: str | None = None  # for "ray": "auto" (default), "host:6379", "ray://host:10001"
     parallel: int | None = None  # trials in flight at once; None: 1 locally, as many as the cluster admits on Ray
     warm_worker: bool = True  # local parameter-mode trials fork from a warm worker (torch and data loaded once)
+    overlap: str = "auto"  # "on" | "off" | "auto": trials start as they are proposed (runner.resolve_overlap)
     model: str | None = None
     base_url: str | None = None
     max_llm_calls: int | None = None

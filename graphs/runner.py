@@ -35,6 +35,7 @@ from nodes.context import OuterContext
 from nodes.mechanism_loader import builtin_mechanism, builtin_record
 from nodes.state import MechanismRecord
 from trials.launcher import REPO_ROOT, Executor, LocalExecutor
+from trials.pipeline import TrialPipeline
 
 GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
 LEVEL_NAMES = {
@@ -115,6 +116,9 @@ def execute(
             ledger.event("unsafe_no_sandbox", needs=sandbox_needs(config, inner_only), sandbox=jail.unavailable())
         ctx = make_context(config, ledger, llm, restore_budget(config, ledger), executor or executor_for(config))
         ctx.proposal_style = resolve_proposal_style(config, llm)
+        if resolve_overlap(config):
+            ctx.pipeline = TrialPipeline(ctx.executor, config.parallel or (None if config.executor == "ray" else 1))
+            stack.callback(ctx.pipeline.close)
         if executor is None and not is_surrogate(config):  # the real trainer: build the data before the first trial
             ctx.split_sha256 = prepare_data(config)
         total = config.iterations + 1
@@ -185,7 +189,7 @@ def executor_for(config: RunConfig) -> Executor:
     """The executor that `--executor` names: where the train node's trials run. "surrogate:PATH" serves val_bpb
     from a model fitted on the real samples at PATH (the ablation's stand-in trainer, labelled as such)."""
     if is_surrogate(config):
-        from ablation.surrogate import SurrogateExecutor
+        from trials.surrogate import SurrogateExecutor
 
         surrogate = SurrogateExecutor.load(Path(config.executor.split(":", 1)[1]))
         if abs(surrogate.model.budget_s - config.budget_s) > 1e-9:
@@ -232,6 +236,17 @@ def resolve_generate_mode(config: RunConfig) -> str:
     if config.generate_mode != "auto":
         return config.generate_mode
     return "compose" if llm_settings(config).embedded else "generate"
+
+
+def resolve_overlap(config: RunConfig) -> bool:
+    """Whether trials start as they are proposed (`trials/pipeline.py`). Auto: with a batch to overlap, where the
+    LLM does not share the trainer's cores — a remote endpoint, a GPU trainer, a Ray cluster; never on the
+    surrogate (nothing to wait for) or next to the embedded model on a CPU trainer (the budget would measure it)."""
+    if config.overlap != "auto":
+        return config.overlap == "on"
+    if config.batch < 2 or is_surrogate(config):
+        return False
+    return not llm_settings(config).embedded or config.device == "cuda" or config.executor == "ray"
 
 
 def resolve_proposal_style(config: RunConfig, llm: BaseChatModel) -> str:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -16,18 +14,10 @@ from rich.console import Console
 from checkpoints.run_folder import Ledger
 from llm.structured import LLMBudget, StructuredAnswer, ask_structured
 from mechanisms.space import SearchSpace
-from trials.launcher import REPO_ROOT, Executor, LocalExecutor, TrainerSettings
+from trials.launcher import EVALUATOR_PATH, Executor, LocalExecutor, TrainerSettings, file_sha256
+from trials.pipeline import TrialPipeline
 
 T = TypeVar("T", bound=BaseModel)
-EVALUATOR_PATH = REPO_ROOT / "gpt" / "evaluate.py"
-TRAIN_PATH = REPO_ROOT / "gpt" / "train.py"
-
-# A mechanism as the nodes call it: the view in, the node's output out (a proposal, or a keep/discard decision).
-MechanismFn = Callable[[Any], dict[str, Any]]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -39,10 +29,9 @@ class InnerContext:
     llm: Any = None  # a LangChain chat model; None only for mechanisms that never ask it
     budget: LLMBudget = field(default_factory=LLMBudget)
     executor: Executor = field(default_factory=LocalExecutor)
-    propose_mechanism: MechanismFn | None = None  # None: the default LLM proposer ("llm-greedy")
-    decide_mechanism: MechanismFn | None = None  # None: greedy keep-if-better
     mode: str = "params"  # "params" | "code"
     batch: int = 1  # proposals trained together per iteration (in parallel where the executor allows)
+    pipeline: TrialPipeline | None = None  # set: each proposal starts training as soon as it is made
     noise_margin: float = 0.0  # a candidate must beat the best by more than this to be kept
     seed: int = 0
     deadline: float | None = None  # time.time() after which no new experiment starts

@@ -1,7 +1,8 @@
 """The `propose` node: the active propose mechanism chooses the next experiment (iteration 0 is the baseline).
 
 With a batch size k > 1 the mechanism is called k times; each call sees the proposals already in the batch as
-`running` experiments of its trace, so a search that avoids what it has tried also avoids what is being tried.
+`running` experiments of its trace, so a search that avoids what it has tried also avoids what is being tried. With a
+trial pipeline in the context, each proposal starts training as soon as it is made (`nodes.train.start_early`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nodes.context import InnerContext
 from nodes.llm_proposer import allowed_names, ask_llm, fallback_proposal
 from nodes.mechanism_calls import Mechanism, run_mechanism
 from nodes.state import InnerState
+from nodes.train import start_early
 
 
 class Node(Protocol):
@@ -72,6 +74,11 @@ def one_proposal(state: InnerState, ctx: InnerContext, mechanism: Mechanism) -> 
     }
 
 
+def record_proposal(ctx: InnerContext, item: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {k: v for k, v in item.items() if k not in ("id", "params")}
+    ctx.ledger.event("propose", experiment=item["id"], **fields)
+
+
 def make_propose(mechanism: Mechanism) -> Node:
     """The node that runs `mechanism` as the inner graph's `propose` step."""
 
@@ -79,38 +86,36 @@ def make_propose(mechanism: Mechanism) -> Node:
         ctx = runtime.context
         iteration = state.get("iteration", 0)
         if not state.get("experiments"):
-            batch = [
-                {
-                    "id": experiment_id(iteration),
-                    "iteration": iteration,
-                    "params": dict(state.get("incumbent", {})),
-                    "changes": {},
-                    "edits": [],
-                    "hypothesis": "baseline configuration",
-                    "expected_direction": "",
-                    "mechanism": "baseline",
-                    "source": "baseline",
+            baseline = {
+                "id": experiment_id(iteration),
+                "iteration": iteration,
+                "params": dict(state.get("incumbent", {})),
+                "changes": {},
+                "edits": [],
+                "hypothesis": "baseline configuration",
+                "expected_direction": "",
+                "mechanism": "baseline",
+                "source": "baseline",
+            }
+            record_proposal(ctx, baseline)
+            return {"batch": [baseline], "outcomes": []}
+        size = max(1, min(ctx.batch, state.get("stop_at", iteration + 1) - iteration))
+        batch: list[dict[str, Any]] = []
+        try:
+            for j in range(size):
+                running = [running_record(b) for b in batch]
+                view_state = {
+                    **state,
+                    "iteration": iteration + j,
+                    "experiments": [*state.get("experiments", []), *running],
                 }
-            ]
-        else:
-            size = max(1, min(ctx.batch, state.get("stop_at", iteration + 1) - iteration))
-            batch = []
-            try:
-                for j in range(size):
-                    running = [running_record(b) for b in batch]
-                    view_state = {
-                        **state,
-                        "iteration": iteration + j,
-                        "experiments": [*state.get("experiments", []), *running],
-                    }
-                    batch.append(one_proposal(view_state, ctx, mechanism))  # type: ignore[arg-type]
-            except LLMBudgetExhausted as e:
-                ctx.ledger.event("stop", iteration=iteration, reason=str(e))
-                if not batch:
-                    return {"batch": [], "stop_reason": str(e)}
-        for item in batch:
-            fields: dict[str, Any] = {k: v for k, v in item.items() if k not in ("id", "params")}
-            ctx.ledger.event("propose", experiment=item["id"], **fields)
+                batch.append(one_proposal(view_state, ctx, mechanism))  # type: ignore[arg-type]
+                record_proposal(ctx, batch[-1])
+                start_early(batch[-1], state, ctx)  # with a trial pipeline: it trains while the next is asked
+        except LLMBudgetExhausted as e:
+            ctx.ledger.event("stop", iteration=iteration, reason=str(e))
+            if not batch:
+                return {"batch": [], "stop_reason": str(e)}
         return {"batch": batch, "outcomes": []}
 
     propose.__name__ = f"propose[{mechanism.id}]"

@@ -1,5 +1,7 @@
 """The `train` node: write each candidate train.py of the batch into its experiment's folder and hand the batch
-to the executor (trials of a batch run in parallel where the executor allows).
+to the executor (trials of a batch run in parallel where the executor allows). With a trial pipeline in the context
+(`trials/pipeline.py`), `propose` has already started each trial the moment it was proposed (`start_early`); this
+node then only waits for their outcomes.
 
 Idempotent on the experiment id: once an experiment has an outcome file, the node reuses it and never trains the
 same experiment twice (a resume after kill -9 lands here with the batch already in state).
@@ -51,6 +53,15 @@ def prepare_trial(item: dict[str, Any], base: str, ctx: InnerContext) -> dict[st
     return None
 
 
+def start_early(item: dict[str, Any], state: InnerState, ctx: InnerContext) -> None:
+    """Write `item`'s candidate and start its training now, when the run has a trial pipeline (a refused
+    candidate is left to `train`, which records the refusal)."""
+    if ctx.pipeline is None or reusable_outcome(ctx.ledger.experiment_dir(item["id"]), item) is not None:
+        return
+    if prepare_trial(item, incumbent_source(state, ctx), ctx) is None:
+        ctx.pipeline.start(Trial(item["id"], ctx.ledger.experiment_dir(item["id"])), ctx.trainer)
+
+
 def train(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
     ctx = runtime.context
     batch = state.get("batch", [])
@@ -63,14 +74,23 @@ def train(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any]:
             ctx.ledger.event("train_reused", event_id=f"{item['id']}:train_reused", experiment=item["id"])
             outcomes[item["id"]] = previous
             continue
+        trial = Trial(item["id"], ctx.ledger.experiment_dir(item["id"]))
+        if ctx.pipeline is not None and ctx.pipeline.started(item["id"]):
+            to_run.append(trial)  # proposed, written and started by `propose`
+            continue
         refused = prepare_trial(item, base, ctx)
         if refused is not None:
             _finish(ctx, item["id"], refused)
             outcomes[item["id"]] = refused
         else:
-            to_run.append(Trial(item["id"], ctx.ledger.experiment_dir(item["id"])))
+            to_run.append(trial)
     if to_run:
-        for trial, outcome in zip(to_run, ctx.executor.run_batch(to_run, ctx.trainer), strict=True):
+        ran = (
+            ctx.pipeline.outcomes(to_run, ctx.trainer)
+            if ctx.pipeline is not None
+            else ctx.executor.run_batch(to_run, ctx.trainer)
+        )
+        for trial, outcome in zip(to_run, ran, strict=True):
             _finish(ctx, trial.experiment_id, outcome)
             outcomes[trial.experiment_id] = outcome
     return {"outcomes": [outcomes[item["id"]] for item in batch]}
