@@ -57,8 +57,8 @@ def machine_load(root: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def experiments(ledger: Ledger) -> list[dict[str, Any]]:
-    by_id = {e["id"]: e for e in ledger.events("experiment")}
-    return sorted(by_id.values(), key=lambda e: e["iteration"])
+    """The run's decided experiments, by the one rule of checkpoints/trace.py."""
+    return ledger.experiments()
 
 
 def running_best(records: list[dict[str, Any]]) -> list[float | None]:

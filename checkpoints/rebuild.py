@@ -10,10 +10,11 @@ again (its folder is set aside first, so its outcome is not reused for a new pro
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+from checkpoints import trace
 
 LEDGER_FIELDS = ("event_id", "kind", "time")  # what the ledger adds to a record when it writes the event
 DEFAULT_SETTINGS = {"strategy": "explore", "frozen": [], "guidance": ""}
@@ -24,28 +25,17 @@ class LedgerError(RuntimeError):
 
 
 def trace_events(run_dir: Path) -> list[dict[str, Any]]:
-    """Every event of trace.jsonl in order; a torn last line (kill -9 during a write) is skipped."""
-    path = Path(run_dir) / "trace.jsonl"
-    if not path.exists():
-        raise LedgerError(f"{path} is missing: there is no ledger to continue from")
-    events = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    """Every event of trace.jsonl in order (checkpoints/trace.py: a torn last line is skipped)."""
+    read = trace.read(run_dir)
+    if read.missing:
+        raise LedgerError(f"{Path(run_dir) / trace.TRACE} is missing: there is no ledger to continue from")
+    return read.events
 
 
 def experiments_from(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The experiment records, oldest first, each once; refuses a trace whose ids are not e0000, e0001, ..."""
-    records: dict[str, dict[str, Any]] = {}
-    for event in events:
-        if event.get("kind") == "experiment" and event.get("id") not in records:
-            records[event["id"]] = {k: v for k, v in event.items() if k not in LEDGER_FIELDS}
-    ordered = list(records.values())
+    """The experiment records as state holds them (checkpoints/trace.py: each once, in the run's order, without what
+    the ledger adds); refuses a trace whose ids are not e0000, e0001, ..."""
+    ordered = [{k: v for k, v in r.items() if k not in LEDGER_FIELDS} for r in trace.experiments(events)]
     expected = [f"e{i:04d}" for i in range(len(ordered))]
     found = [r["id"] for r in ordered]
     if found != expected:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from checkpoints import trace
+
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 
@@ -54,7 +56,7 @@ class Ledger:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.trace_path = self.root / "trace.jsonl"
+        self.trace_path = self.root / trace.TRACE
         self.results_path = self.root / "results.tsv"
         self._seen: set[str] = {e["event_id"] for e in self.events() if "event_id" in e}
 
@@ -74,17 +76,13 @@ class Ledger:
         return entry
 
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
-        """Events in order; a torn last line (kill -9 during a write) is skipped."""
-        if not self.trace_path.exists():
-            return
-        with open(self.trace_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if kind is None or entry.get("kind") == kind:
-                    yield entry
+        """Events in order, read by checkpoints/trace.py (a torn last line is skipped)."""
+        events = trace.read(self.root).events
+        yield from (e for e in events if kind is None or e.get("kind") == kind)
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """The decided experiments, each once, in the run's order (checkpoints/trace.py)."""
+        return trace.experiments(self.events("experiment"))
 
     # --- results.tsv -------------------------------------------------------------------------------------------
     def write_results(self, experiments: Iterable[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from checkpoints.trace import experiments as decided
 from dashboard.folders import Folder, Refused, Served, Unreadable
 from dashboard.noise import ablation_noise
 from dashboard.segments import mechanism_use, segments_of
@@ -93,20 +94,6 @@ def read_json_note(folder: Folder, name: str, notes: list[str], *, required: boo
     return None
 
 
-def decided(trace: Trace) -> list[dict[str, Any]]:
-    by_id: dict[str, dict[str, Any]] = {}
-    for e in trace.of("experiment"):
-        if isinstance(e.get("id"), str):
-            by_id.setdefault(e["id"], e)
-    return sorted(by_id.values(), key=lambda e: (position(e), e["id"]))
-
-
-def position(record: dict[str, Any]) -> float:
-    """The experiment's place in the run (its iteration); a record without a usable one goes last."""
-    iteration = record.get("iteration")
-    return float(iteration) if isinstance(iteration, int) and not isinstance(iteration, bool) else float("inf")
-
-
 def in_flight(trace: Trace, done: set[str]) -> list[dict[str, Any]]:
     """Experiments proposed but not decided yet, with the last step they reached."""
     pending: dict[str, dict[str, Any]] = {}
@@ -142,7 +129,7 @@ def load_run(served: Served, folder: Folder) -> RunData:
         notes.append("trace.jsonl is missing: no experiment has been recorded yet")
     if trace.skipped:
         notes.append(f"trace.jsonl: {trace.skipped} line(s) not valid JSON were skipped (a write in progress or torn)")
-    experiments = decided(trace)
+    experiments = decided(trace.events)
     segments = segments_of(trace)
     mechanisms, active = mechanism_use(trace, segments)
     times = [float(e["time"]) for e in trace.events if isinstance(e.get("time"), int | float)]

@@ -8,7 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from dashboard.run_folder import RunData, bpb, position, running_best
+from checkpoints.trace import position
+from dashboard.run_folder import RunData, bpb, running_best
 from dashboard.segments import segment_span
 from dashboard.svg import Scale, esc, open_svg, ticks, x_axis, y_axis
 

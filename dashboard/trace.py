@@ -1,30 +1,18 @@
-"""trace.jsonl read back while a run may be writing it: a line that is not (yet) valid JSON is skipped and counted
-(the writer appends whole lines, so only the last line can be torn), and a trace read once is kept until the file
-changes."""
+"""trace.jsonl read back while a run may be writing it, through the guarded folder reader: the lines are parsed by the
+one trace reader (checkpoints/trace.py: a line that is not (yet) valid JSON is skipped and counted), and a trace read
+once is kept until the file changes."""
 
 from __future__ import annotations
 
-import json
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpoints.trace import TRACE, Trace, parse
 from dashboard.folders import Folder, Unreadable
 
-TRACE = "trace.jsonl"
+__all__ = ["TRACE", "Trace", "mapping", "number", "parse", "read_trace"]
 CACHED = 64  # traces kept parsed (an ablation of 60 runs fits)
-
-
-@dataclass
-class Trace:
-    events: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0  # lines that were not a JSON object
-    torn_tail: bool = False  # the last line has no newline yet: a writer is in the middle of it
-    missing: bool = False
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("kind") == kind]
 
 
 _cache: dict[Path, tuple[tuple[Any, ...], Trace]] = {}
@@ -41,23 +29,6 @@ def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
         return 0.0
     return float(value)
-
-
-def parse(text: str) -> Trace:
-    trace = Trace(torn_tail=bool(text) and not text.endswith("\n"))
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            trace.skipped += 1
-            continue
-        if isinstance(event, dict):
-            trace.events.append(event)
-        else:
-            trace.skipped += 1
-    return trace
 
 
 def read_trace(folder: Folder) -> Trace:

@@ -18,13 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from checkpoints.run_folder import Ledger, write_atomic  # noqa: E402
 
 
-def experiments_from_trace(ledger: Ledger) -> list[dict[str, Any]]:
-    by_id: dict[str, dict[str, Any]] = {}
-    for event in ledger.events("experiment"):
-        by_id[event["id"]] = event
-    return [by_id[k] for k in sorted(by_id)]
-
-
 def mechanism_activity(ledger: Ledger) -> dict[str, dict[str, Any]]:
     """Per mechanism: calls, failed calls, LLM asks, proposals it changed, iterations active (proof it ran)."""
     stats: dict[str, dict[str, Any]] = defaultdict(
@@ -142,7 +135,7 @@ def plot_mechanisms(experiments: list[dict[str, Any]], path: Path, surrogate: bo
 
 def write_report(run_dir: Path) -> Path:
     ledger = Ledger(run_dir)
-    experiments = experiments_from_trace(ledger)
+    experiments = ledger.experiments()
     activity = mechanism_activity(ledger)
     llm: Counter[tuple[str, str]] = Counter()
     for e in ledger.events("llm_call"):
