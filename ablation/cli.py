@@ -26,15 +26,16 @@ from rich.console import Console
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
 from ablation.pack import pack
 from ablation.plots import plot_surrogate_check
-from ablation.report import write_report
-from ablation.sampling import DEFAULT_CSV, collect
-from ablation.surrogate import fit_quality, load_model
+from ablation.report import write_ablation_report
+from ablation.sampling import DEFAULT_CSV, collect_samples
 from ablation.surrogate_check import check_against
+from ablation.surrogate_quality import fit_quality
 from checkpoints.run_folder import write_json_atomic
 from graphs.run_config import new_run_dir
 from graphs.runner import executor_for
 from trials.launcher import Executor, TrainerSettings, Trial
 from trials.machine_load import wait_for_quiet
+from trials.surrogate import load_model
 
 console = Console()
 
@@ -64,7 +65,7 @@ def main_sample(argv: list[str]) -> int:
     )
     args = ap.parse_args(argv)
     cap_memory(args.memory_gb)
-    rows = collect(
+    rows = collect_samples(
         args.csv,
         args.work_dir,
         args.points,
@@ -226,7 +227,7 @@ def finish(ablation: Ablation, args: argparse.Namespace) -> int:
         inner = executor_for(ablation.spec.run_config(ablation.root, "A", 0))
         executor = PausingExecutor(inner, args.pause_while, args.quiet_below)
     done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, workers=args.workers, log=console.print)
-    report = write_report(ablation.root)
+    report = write_ablation_report(ablation.root)
     console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))
     return 0
 
@@ -243,10 +244,10 @@ def main_resume(argv: list[str]) -> int:
     return finish(ablation, args)
 
 
-def main_report(argv: list[str]) -> int:
+def main_ablation_report(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation report")
     ap.add_argument("out", type=Path)
-    console.print(f"report: [bold]{write_report(ap.parse_args(argv).out)}[/]")
+    console.print(f"report: [bold]{write_ablation_report(ap.parse_args(argv).out)}[/]")
     return 0
 
 
@@ -353,7 +354,7 @@ def main_worker(argv: list[str]) -> int:
 COMMANDS = {
     "sample": main_sample,
     "resume": main_resume,
-    "report": main_report,
+    "report": main_ablation_report,
     "fit": main_fit,
     "pack": main_pack,
     "worker": main_worker,

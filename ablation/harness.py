@@ -42,10 +42,9 @@ from llm.client import EMBEDDED_MAX_TOKENS, LLMSettings, embedded_watchdog, open
 from llm.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
 from llm.scripted import ScriptedChatModel
 from mechanisms.space import SearchSpace
-from nodes.context import TRAIN_PATH
 from nodes.train import read_outcome_file
 from trials.candidate import rewrite_constants
-from trials.launcher import REPO_ROOT, Executor, TrainerSettings, Trial
+from trials.launcher import REPO_ROOT, TRAIN_PATH, Executor, TrainerSettings, Trial
 
 # Groups run at level 1 with a built-in proposer that never asks a model: the classical baselines, and "local" (the
 # LLM proposer's own seeded fallback step alone: what the model's choice adds over chance, on the same options)
@@ -346,7 +345,8 @@ class Ablation:
     def record_surrogate_fit(self) -> None:
         if not self.spec.executor.startswith("surrogate:") or (self.root / SURROGATE_FIT).exists():
             return
-        from ablation.surrogate import fit_quality, load_model
+        from ablation.surrogate_quality import fit_quality
+        from trials.surrogate import load_model
 
         write_json_atomic(self.root / SURROGATE_FIT, fit_quality(load_model(Path(self.spec.executor.split(":", 1)[1]))))
 

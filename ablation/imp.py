@@ -78,7 +78,7 @@ class ImpSettings:
 
 
 def surrogate_budget(executor: str) -> float:
-    from ablation.surrogate import SurrogateExecutor
+    from trials.surrogate import SurrogateExecutor
 
     return SurrogateExecutor.load(Path(executor.split(":", 1)[1])).model.budget_s
 
@@ -125,7 +125,7 @@ def measure(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) every frozen run and return the figures (also written to report/imp.json and imp.md)."""
-    from ablation.surrogate import SurrogateExecutor
+    from trials.surrogate import SurrogateExecutor
 
     if not settings.executor.startswith("surrogate:"):
         raise ValueError("imp@k runs on the surrogate executor (--executor surrogate:PATH)")

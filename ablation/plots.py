@@ -54,7 +54,7 @@ def plot_running_best(analysis: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) -> None:
+def plot_ablation_progress(data: dict[str, Any], analysis: dict[str, Any], path: Path) -> None:
     """autoresearch's progress chart per group, every repeat overlaid: discarded experiments in grey, kept
     improvements in colour (hollow when smaller than the noise floor's sd), each repeat's running best as a step."""
     by_group = group_runs(data)

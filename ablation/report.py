@@ -12,7 +12,7 @@ from typing import Any
 from ablation.collect import collect
 from ablation.figures import LEVELS, REFERENCE, analyse
 from ablation.harness import SURROGATE_FIT
-from ablation.plots import plot_deltas, plot_mechanisms, plot_progress, plot_running_best, plot_surrogate_fit
+from ablation.plots import plot_ablation_progress, plot_deltas, plot_mechanisms, plot_running_best, plot_surrogate_fit
 from checkpoints.run_folder import write_atomic, write_json_atomic
 
 
@@ -187,7 +187,7 @@ def load_lines(load: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(root: Path) -> Path:
+def write_ablation_report(root: Path) -> Path:
     root = Path(root)
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def write_report(root: Path) -> Path:
     fit_path = root / SURROGATE_FIT
     fit = json.loads(fit_path.read_text()) if fit_path.exists() else None
     plot_running_best(analysis, out / "running_best.png")
-    plot_progress(data, analysis, out / "progress.png")
+    plot_ablation_progress(data, analysis, out / "progress.png")
     plot_deltas(data, analysis, out / "deltas.png")
     has_mechanisms = plot_mechanisms(data, out / "mechanisms.png")
     if fit:

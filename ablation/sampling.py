@@ -3,7 +3,7 @@
 A plan of points: a Latin hypercube over the whole space ("global"), one in a box around the default configuration
 ("local": where searches that change 1-3 parameters at a time spend their trials), and the default configuration
 trained with different seeds ("replicate": the noise the surrogate must reproduce). Points are repaired to satisfy
-the batch constraint of train.py (`ablation.constraints`). Each point is trained for real by
+the batch constraint of train.py (`trials.constraints`). Each point is trained for real by
 gpt/train.py through the project's `LocalExecutor` and appended to a CSV, rewritten atomically after every point, so
 an interrupted collection resumes where it stopped and the file is always readable.
 
@@ -22,14 +22,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from scipy.stats import qmc
 
 from checkpoints.run_folder import write_atomic
 from mechanisms.space import Param, SearchSpace
-from nodes.context import TRAIN_PATH
 from trials.candidate import rewrite_constants
-from trials.launcher import Executor, LocalExecutor, TrainerSettings, Trial
+from trials.launcher import TRAIN_PATH, Executor, LocalExecutor, TrainerSettings, Trial
+from trials.surrogate import read_samples
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "data" / "surrogate_samples.csv"
 RESULT_FIELDS = ("returncode", "error", "val_bpb", "training_seconds", "num_steps", "peak_memory_mb", "wall_seconds")
@@ -100,23 +99,6 @@ def plan(
     return [{**row, "point": f"p{i:03d}", "seed": 1000 + i} for i, row in enumerate(rows)]
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The CSV's rows with numbers parsed (empty cells read as None)."""
-    if not Path(path).exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _parse(text: str | None) -> Any:
-    if text is None or text == "":
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def write_samples(path: Path, rows: list[dict[str, Any]], names: tuple[str, ...]) -> None:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*META_FIELDS, *names, *RESULT_FIELDS], lineterminator="\n")
@@ -177,7 +159,7 @@ def check_compatible(rows: list[dict[str, Any]], planned: list[dict[str, Any]], 
             raise ValueError(f"{row['point']} is not the point of this plan: same --points/--replicates/--seed?")
 
 
-def collect(
+def collect_samples(
     csv_path: Path,
     work_dir: Path,
     points: int,
@@ -238,19 +220,3 @@ def archive_loaded(
     write_samples(csv_path, kept, names)
     log(f"{len(loaded)} samples measured above load {max_load:g} moved to {archive}; they are trained again")
     return kept
-
-
-def unit_features(space: SearchSpace, params: Mapping[str, Any]) -> np.ndarray:
-    """A configuration as a point of the unit cube (free parameters, in declaration order)."""
-    out = []
-    for p in space:
-        if p.frozen:
-            continue
-        value = params.get(p.name, p.default)
-        if p.kind in ("int", "float"):
-            out.append(p.to_unit(value))
-        else:
-            values = [False, True] if p.kind == "bool" else list(p.choices)
-            index = next((i for i, v in enumerate(values) if v == value and type(v) is type(value)), 0)
-            out.append((index + 0.5) / len(values))
-    return np.asarray(out, dtype=float)

@@ -17,11 +17,11 @@ import numpy as np
 from scipy import stats as sps
 
 from ablation.collect import experiments, outcome_bpb
-from ablation.constraints import config_error
 from ablation.harness import MANIFEST
-from ablation.surrogate import CRASH_THRESHOLD, SurrogateModel
 from checkpoints.run_folder import Ledger
 from nodes.train import read_outcome_file
+from trials.constraints import config_error
+from trials.surrogate import CRASH_THRESHOLD, SurrogateModel
 
 
 def real_trainings(root: Path) -> list[dict[str, Any]]:

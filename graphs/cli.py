@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             from graphs.validate_file import main_validate
 
             return main_validate(argv[1:])
-        from graphs.mechanism_store import main_mechanisms
+        from graphs.mechanism_list import main_mechanisms
 
         return main_mechanisms(argv)
     except FATAL_ERRORS as e:

@@ -22,7 +22,6 @@ from nodes.propose import make_propose, route_after_propose
 from nodes.state import InnerState, MechanismRecord
 from nodes.train import train
 
-NODE_NAMES = ("propose", "train", "evaluate", "decide")
 InnerGraph = CompiledStateGraph[InnerState, InnerContext, InnerState, InnerState]
 
 

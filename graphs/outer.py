@@ -14,21 +14,19 @@ from __future__ import annotations
 import contextvars
 from typing import Any, Literal, cast
 
-import networkx as nx
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import StateSnapshot
 
-from graphs.inner import InnerGraph, build_inner_graph, inner_graph_for
+from graphs.inner import InnerGraph, inner_graph_for
 from nodes.adjust import adjust
 from nodes.analyze import analyze
 from nodes.compare import compare
 from nodes.context import OuterContext
 from nodes.generate import generate
 from nodes.inject import inject
-from nodes.mechanism_loader import load_mechanism
 from nodes.segment_stats import segment_record
 from nodes.state import InnerState, MechanismRecord, OuterState
 from nodes.validate import validate
@@ -116,10 +114,6 @@ def route_after_validate(
     return "run_inner"
 
 
-def route_after_inject(state: OuterState) -> Literal["run_inner"]:
-    return "run_inner"
-
-
 def build_outer_graph() -> StateGraph[OuterState, OuterContext, OuterState, OuterState]:
     builder = StateGraph(OuterState, context_schema=OuterContext)
     for name, node in (
@@ -141,28 +135,6 @@ def build_outer_graph() -> StateGraph[OuterState, OuterContext, OuterState, Oute
     builder.add_conditional_edges("validate", route_after_validate, ["inject", "generate", "run_inner"])
     builder.add_edge("inject", "run_inner")
     return builder
-
-
-def topology(graph: CompiledStateGraph[Any, Any, Any, Any]) -> nx.DiGraph:
-    drawn = graph.get_graph()
-    g = nx.DiGraph()
-    g.add_nodes_from(drawn.nodes)
-    g.add_edges_from((e.source, e.target) for e in drawn.edges)
-    return g
-
-
-def topology_problem(active: MechanismRecord, candidate: MechanismRecord, ctx: OuterContext) -> str | None:
-    """Why the inner graph rebuilt with `candidate` is not the same machine as the one it replaces, or None."""
-    old = topology(build_inner_graph(load_mechanism(active, ctx.inner.ledger.root)).compile())
-    new = topology(build_inner_graph(load_mechanism(candidate, ctx.inner.ledger.root)).compile())
-    if set(old.nodes) != set(new.nodes):
-        return f"nodes differ: {sorted(set(old.nodes) ^ set(new.nodes))}"
-    if set(old.edges) != set(new.edges):
-        return f"edges differ: {sorted(set(old.edges) ^ set(new.edges))}"
-    if not nx.has_path(new, START, END):
-        return "END is not reachable from START"
-    stranded = [n for n in new.nodes if n not in (START, END) and not nx.has_path(new, n, END)]
-    return f"nodes that cannot reach END: {stranded}" if stranded else None
 
 
 def default_graph() -> CompiledStateGraph[OuterState, OuterContext, OuterState, OuterState]:

@@ -8,7 +8,6 @@ import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from graphs.outer import (
     finished,
     initial_outer_state,
     pending,
-    topology_problem,
 )
 from graphs.run_config import RunConfig, initial_inner_state, make_context, restore_budget
 from llm.client import LLMSettings, open_chat_model
@@ -38,12 +36,6 @@ from trials.launcher import REPO_ROOT, Executor, LocalExecutor
 from trials.pipeline import TrialPipeline
 
 GROUPS = {"A": "1", "B": "1.5", "C": "2", "D": "1+2"}
-LEVEL_NAMES = {
-    "1": "Level 1 (inner loop alone)",
-    "1.5": "Levels 1 + 1.5",
-    "2": "Levels 1 + 1.5 + 2",
-    "1+2": "Levels 1 + 2",
-}
 
 
 def start_mechanisms(config: RunConfig) -> tuple[MechanismRecord, MechanismRecord | None]:
@@ -143,7 +135,6 @@ def execute(
             outer_ctx.inner_graph_mermaid = (
                 build_inner_graph(builtin_mechanism("llm_greedy")).compile().get_graph().draw_mermaid()
             )
-            outer_ctx.topology_check = partial(topology_problem, ctx=outer_ctx)
             outer_graph = build_outer_graph().compile(checkpointer=saver, name="bilevel")
             run_config = {"configurable": {"thread_id": "outer"}, "recursion_limit": RECURSION_LIMIT}
             snapshot = outer_graph.get_state(run_config)

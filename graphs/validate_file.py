@@ -18,7 +18,7 @@ from rich.console import Console
 from mechanisms import jail
 from mechanisms.space import SearchSpace
 from mechanisms.validation import TIME_LIMIT_S, ValidationReport, synthetic_trace, validate_mechanism
-from nodes.context import TRAIN_PATH
+from trials.launcher import TRAIN_PATH
 
 console = Console()
 

@@ -30,8 +30,6 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from llm.structured import LLMFatalError
 
-ScriptItem = dict[str, Any] | str | AIMessage | BaseException | type[BaseException] | Callable[[list[BaseMessage]], Any]
-
 
 class ScriptExhausted(LLMFatalError):
     """The script has no answer left for a call (and `cycle` is off): the test asked more often than it planned."""

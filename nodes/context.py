@@ -99,8 +99,6 @@ class OuterContext:
     min_active: int = 4
     checkpointer: Any = None  # the run's SqliteSaver; `run_inner` gives each segment its own thread on it
     inner_graph_mermaid: str = ""  # the inner graph as the analyst reads it (drawn by the builders in graphs/)
-    # (active, candidate) -> why the graph rebuilt with the candidate differs from the current one, or None
-    topology_check: Callable[[Any, Any], str | None] | None = None
 
     def acts(self, step: str) -> bool:
         """Whether an outer step acts at this level (inactive steps still run, and only pass)."""

@@ -9,8 +9,7 @@ from langgraph.runtime import Runtime
 
 from nodes.context import InnerContext
 from nodes.state import InnerState
-
-BUDGET_SLACK = 1.10  # beyond the last step's overrun, 10 % more means the clock was tampered with
+from trials.launcher import OVERRUN_FACTOR
 
 
 def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str | None) -> str | None:
@@ -36,7 +35,7 @@ def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str 
         return f"training ran {str(seconds)[:40]} s for a budget of {budget} s"
     # The clock is read between steps, so the last step may overrun the budget: allow two mean steps more.
     step_s = seconds / steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 0.0
-    if seconds > budget * BUDGET_SLACK + 1 + 2 * step_s:
+    if seconds > budget * OVERRUN_FACTOR + 1 + 2 * step_s:
         return f"training ran {str(seconds)[:40]} s in {steps} steps for a budget of {budget} s"
     return None
 

@@ -22,7 +22,7 @@ from mechanisms.policy import MAX_NAME_CHARS
 from mechanisms.space import SearchSpace
 from nodes.context import OuterContext
 from nodes.mechanism_calls import mechanism_record
-from nodes.mechanism_loader import builtin_catalogue, builtin_source, coerce_builtin_params, mechanism_source
+from nodes.mechanism_loader import builtin_source, coerce_builtin_params, compose_families, mechanism_source
 from nodes.prompts import (
     COMPACT_COMPOSE_SYSTEM,
     COMPACT_COMPOSE_USER,
@@ -55,7 +55,7 @@ def composition_schema(families: tuple[str, ...]) -> type[BaseModel]:
 
 def _families(active: str) -> str:
     lines = []
-    for name, entry in builtin_catalogue().items():
+    for name, entry in compose_families().items():
         if entry["target"] != "propose":
             continue
         params = ", ".join(f"{p}: {spec['default']!r} ({spec['doc']})" for p, spec in entry["params"].items())
@@ -68,7 +68,7 @@ def composition_options(active_id: str) -> dict[str, tuple[str, dict[str, Any]]]
     largest step down or up (`SearchSpace.steps` of the family's parameter schema) or to another choice; the
     mechanism already running is left out, so every label is a valid, new composition."""
     options: dict[str, tuple[str, dict[str, Any]]] = {}
-    for family, entry in builtin_catalogue().items():
+    for family, entry in compose_families().items():
         if entry["target"] != "propose":
             continue
         schema = builtin_info(family).schema
@@ -89,7 +89,7 @@ def compose_enumerated(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     """Compose mode for the embedded model: one enum of compositions (`composition_options`), one short call."""
     diagnosis = state.get("diagnosis") or {}
     options = composition_options(state["active"]["id"])
-    docs = {n: e["doc"] for n, e in builtin_catalogue().items() if e["target"] == "propose"}
+    docs = {n: e["doc"] for n, e in compose_families().items() if e["target"] == "propose"}
     prompt = COMPACT_COMPOSE_USER.format(
         bottleneck=diagnosis.get("bottleneck"),
         evidence=diagnosis.get("evidence"),
@@ -122,7 +122,7 @@ def compose(state: OuterState, ctx: OuterContext) -> dict[str, Any]:
     if ctx.inner.compact:
         return compose_enumerated(state, ctx)
     diagnosis = state.get("diagnosis") or {}
-    catalogue = {n: e for n, e in builtin_catalogue().items() if e["target"] == "propose"}
+    catalogue = {n: e for n, e in compose_families().items() if e["target"] == "propose"}
     families = tuple(catalogue)
     prompt = COMPOSE_USER.format(
         bottleneck=diagnosis.get("bottleneck"),

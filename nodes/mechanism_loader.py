@@ -67,7 +67,7 @@ def mechanism_source(record: MechanismRecord, run_dir: Path) -> str:
     return source
 
 
-def builtin_catalogue() -> dict[str, dict[str, Any]]:
+def compose_families() -> dict[str, dict[str, Any]]:
     """name -> target, doc, params {name: {default, doc}}: what compose mode offers the LLM."""
     catalogue = {}
     for entry in builtin_catalog():

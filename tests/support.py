@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from graphs.run_config import RunConfig
-from nodes.context import EVALUATOR_PATH, file_sha256
-from trials.launcher import TrainerSettings, Trial
+from trials.launcher import EVALUATOR_PATH, TrainerSettings, Trial, file_sha256
 
 SPLIT = "f" * 64
 

@@ -16,7 +16,7 @@ from llm.scripted import ScriptedChatModel
 from mechanisms.base import MechanismView, check_proposal, load_builtin, proposal_cap, view_payload
 from mechanisms.builtin import cma_es, tpe
 from mechanisms.space import SearchSpace
-from nodes.context import TRAIN_PATH
+from trials.launcher import TRAIN_PATH
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 BASE = SPACE.defaults()

@@ -28,13 +28,16 @@ from ablation import cli  # noqa: E402
 from ablation.collect import experiments, mechanism_use, time_use  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.pack import pack  # noqa: E402
-from ablation.report import write_report  # noqa: E402
+from ablation.report import write_ablation_report  # noqa: E402
 from checkpoints.run_folder import Ledger  # noqa: E402
 from llm.client import EMBEDDED_MAX_TOKENS  # noqa: E402
 from llm.scripted import ScriptedChatModel  # noqa: E402
-from nodes.context import TRAIN_PATH  # noqa: E402
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM  # noqa: E402
-from trials.launcher import TrainerSettings, Trial  # noqa: E402
+from trials.launcher import (  # noqa: E402
+    TRAIN_PATH,  # noqa: E402
+    TrainerSettings,
+    Trial,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROPOSALS = [change("MATRIX_LR", v) for v in (0.05, 0.06, 0.07, 0.09, 0.1, 0.12, 0.15, 0.02)]
@@ -94,7 +97,7 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     start = time.monotonic()
     ablation = Ablation.open(tmp_path / "abl", spec)
     assert ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
-    report = write_report(ablation.root)
+    report = write_ablation_report(ablation.root)
     elapsed = time.monotonic() - start
     runs = ablation.manifest["runs"]
     assert sorted(runs) == sorted(f"{g}-r{r:02d}" for g in GROUP_NAMES for r in range(2))
@@ -218,7 +221,7 @@ def test_a_finished_ablation_grows_by_repeats_and_never_shrinks(tmp_path) -> Non
     assert [runs[f"A-r{r:02d}"]["seed"] for r in range(3)] == [0, 1, 2]
     for rid, trace in first.items():  # the first repeat was not run again
         assert (ablation.root / "runs" / rid / "trace.jsonl").read_bytes() == trace
-    text = write_report(reopened.root).read_text()
+    text = write_ablation_report(reopened.root).read_text()
     assert "3 repeats planned, 6/6 runs finished" in text and "grown from 1 to 3 repeats" in text
 
 
@@ -239,7 +242,7 @@ def test_the_noise_floor_grows_without_retraining_what_it_has(tmp_path) -> None:
     assert all(after[k] == v for k, v in before.items())  # the first two were not trained again
     seeds = [json.loads(after[k])["seed"] for k in sorted(after)]
     assert seeds == sorted(set(seeds))  # four different seeds, in order
-    text = write_report(grown.root).read_text()
+    text = write_ablation_report(grown.root).read_text()
     assert "grown the noise floor from 2 to 4 trainings" in text
 
 
@@ -277,7 +280,7 @@ def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     spec = AblationSpec(groups=["A", "tpe"], repeats=2, iterations=3, segment=2, budget_s=1.0, noise_repeats=2)
     ablation = Ablation.open(tmp_path / "abl", spec)
     ablation.run(llm_for=scripted(), executor=LoadRecordingExecutor(), log=quiet)
-    first = write_report(ablation.root).read_text()
+    first = write_ablation_report(ablation.root).read_text()
     # every training recorded the machine's load: 2 noise + 4 runs x (baseline + 3 experiments); no confirmations
     assert "Machine load: 18 of 18 trainings" in first and "2 above 15%" in first
     assert "- noise/n00: 40.0%" in first and "- A-r01/e0002: 40.0%" in first
@@ -298,7 +301,7 @@ def test_the_report_regenerates_from_the_ledger_alone(tmp_path) -> None:
     assert not any("checkpoints" in str(f) or "experiments" in str(f) for f in files)
     with tarfile.open(tmp_path / "abl.tar.gz") as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
-    assert write_report(tmp_path / "unpacked" / "abl").read_text() == first
+    assert write_ablation_report(tmp_path / "unpacked" / "abl").read_text() == first
 
 
 def test_trainings_wait_while_another_benchmark_runs(tmp_path, monkeypatch) -> None:

@@ -15,11 +15,11 @@ from test_ablation_surrogate import NoisyTrainer
 from ablation import cli
 from ablation.harness import Ablation, AblationSpec
 from ablation.imp import HELD_OUT_SEED, ImpSettings, kept_mechanisms, measure
-from ablation.sampling import collect
-from ablation.surrogate import SurrogateExecutor
+from ablation.sampling import collect_samples
 from checkpoints.run_folder import Ledger
 from llm.scripted import ScriptedChatModel
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM
+from trials.surrogate import SurrogateExecutor
 
 # the model's first proposals make things worse, its later ones better: the mechanism composed after the first
 # segment makes more progress than the segment before it, and is kept
@@ -44,7 +44,7 @@ def scripted(_config: Any) -> ScriptedChatModel:
 @pytest.fixture(scope="module")
 def ablation_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("imp")
-    collect(root / "samples.csv", root / "work", 36, 4, 20.0, executor=NoisyTrainer(), log=lambda _: None)
+    collect_samples(root / "samples.csv", root / "work", 36, 4, 20.0, executor=NoisyTrainer(), log=lambda _: None)
     executor = f"surrogate:{root / 'samples.csv'}"
     spec = AblationSpec(
         groups=["C"], repeats=1, iterations=6, segment=2, executor=executor, noise_repeats=0, generate_mode="compose"

@@ -24,8 +24,8 @@ from mechanisms.base import (
 )
 from mechanisms.builtin.tpe import distributions, history
 from mechanisms.space import MAX_CHANGES, SearchSpace
-from nodes.context import TRAIN_PATH
-from nodes.mechanism_loader import builtin_catalogue, builtin_record
+from nodes.mechanism_loader import builtin_record, compose_families
+from trials.launcher import TRAIN_PATH
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 BASE = SPACE.defaults()
@@ -73,7 +73,7 @@ def test_the_cap_is_declared_by_the_module_and_kept_for_everything_else() -> Non
     assert proposal_cap("tabu", "composed") == MAX_CHANGES and proposal_cap("llm_greedy", "builtin") == MAX_CHANGES
     assert proposal_cap("random_search", "generated") == MAX_CHANGES  # a generated module cannot lift the rule
     # the baselines are not composable: the outer loop never sees them, the contract tests of BUILTIN_NAMES hold
-    assert not set(BASELINE_NAMES) & set(BUILTIN_NAMES) and not set(BASELINE_NAMES) & set(builtin_catalogue())
+    assert not set(BASELINE_NAMES) & set(BUILTIN_NAMES) and not set(BASELINE_NAMES) & set(compose_families())
     assert builtin_record("tpe")["target"] == "propose"
 
 

@@ -14,28 +14,19 @@ import pytest
 from support import SPLIT, synthetic_bpb
 
 from ablation import cli
-from ablation.constraints import config_error
 from ablation.harness import Ablation, AblationSpec
-from ablation.sampling import (
-    archive_path,
-    collect,
-    from_unit,
-    plan,
-    read_samples,
-    unit_centre,
-    unit_features,
-    write_samples,
-)
-from ablation.surrogate import SurrogateExecutor, fit_quality, load_model
+from ablation.sampling import archive_path, collect_samples, from_unit, plan, unit_centre, write_samples
 from ablation.surrogate_check import check_against
+from ablation.surrogate_quality import fit_quality
 from checkpoints.run_folder import Ledger
 from graphs.run_config import RunConfig
 from graphs.runner import execute
 from llm.scripted import ScriptedChatModel
 from mechanisms.space import SearchSpace
-from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
 from trials.candidate import rewrite_constants
-from trials.launcher import TrainerSettings, Trial
+from trials.constraints import config_error
+from trials.launcher import EVALUATOR_PATH, TRAIN_PATH, TrainerSettings, Trial, file_sha256
+from trials.surrogate import SurrogateExecutor, load_model, read_samples, unit_features
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 
@@ -69,7 +60,7 @@ class NoisyTrainer:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("samples")
-    collect(root / "samples.csv", root / "work", 36, 4, 20.0, executor=NoisyTrainer(), log=lambda _: None)
+    collect_samples(root / "samples.csv", root / "work", 36, 4, 20.0, executor=NoisyTrainer(), log=lambda _: None)
     return root / "samples.csv"
 
 
@@ -81,12 +72,12 @@ def test_the_plan_interleaves_designs_and_a_collection_resumes(samples: Path, tm
     assert [r["point"] for r in rows] == [p["point"] for p in points]
     assert all(r[n] == p["params"][n] for r, p in zip(rows, points, strict=True) for n in SPACE.names)
     again = NoisyTrainer()
-    collect(samples, tmp_path / "work", 36, 4, 20.0, executor=again, log=lambda _: None)
+    collect_samples(samples, tmp_path / "work", 36, 4, 20.0, executor=again, log=lambda _: None)
     assert again.runs == []  # nothing trained twice
     with pytest.raises(ValueError, match="not the point of this plan"):
-        collect(samples, tmp_path / "work", 20, 4, 20.0, executor=again, log=lambda _: None)
+        collect_samples(samples, tmp_path / "work", 20, 4, 20.0, executor=again, log=lambda _: None)
     with pytest.raises(ValueError, match="budget"):
-        collect(samples, tmp_path / "work", 36, 4, 30.0, executor=again, log=lambda _: None)
+        collect_samples(samples, tmp_path / "work", 36, 4, 30.0, executor=again, log=lambda _: None)
 
 
 def test_samples_measured_on_a_loaded_machine_are_archived_and_trained_again(samples: Path, tmp_path: Path) -> None:
@@ -96,7 +87,7 @@ def test_samples_measured_on_a_loaded_machine_are_archived_and_trained_again(sam
         row["load_avg"] = [0.5, 7.0, None][i % 3]
     write_samples(csv_path, rows, SPACE.names)
     again = NoisyTrainer()
-    after = collect(csv_path, tmp_path / "work", 36, 4, 20.0, executor=again, retrain_above_load=2.0, log=print)
+    after = collect_samples(csv_path, tmp_path / "work", 36, 4, 20.0, executor=again, retrain_above_load=2.0, log=print)
     loaded = [r["point"] for i, r in enumerate(rows) if i % 3]
     assert sorted(again.runs) == sorted(loaded)  # exactly the loaded ones, trained again
     assert sorted(r["point"] for r in read_samples(csv_path)) == sorted(r["point"] for r in rows)

@@ -15,7 +15,7 @@ from capable_model import GOOD, PLAN, capable_model
 from rich.console import Console
 from support import SyntheticExecutor, config
 
-import graphs.mechanism_store as store
+import graphs.mechanism_list as store
 from checkpoints.run_folder import Ledger
 from graphs.run_config import RunConfig
 from graphs.runner import execute
@@ -379,9 +379,9 @@ def test_the_main_commands_take_a_surrogate_executor_and_label_its_results(tmp_p
 
     from support import change
 
-    from ablation.surrogate import SurrogateExecutor
     from graphs.cli import add_run_flags, config_from
     from graphs.report import write_report
+    from trials.surrogate import SurrogateExecutor
 
     samples = ROOT / "ablation" / "data" / "surrogate_samples.csv"
     for bilevel in (True, False):  # python -m graphs.bilevel and python -m graphs.inner

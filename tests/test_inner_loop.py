@@ -14,9 +14,9 @@ from graphs.run_config import initial_inner_state, make_context
 from graphs.runner import execute
 from llm.scripted import ScriptedChatModel
 from llm.structured import LLMBudget
-from nodes.context import TRAIN_PATH
 from nodes.llm_proposer import ask_llm
 from trials.candidate import EditError, apply_edits
+from trials.launcher import TRAIN_PATH
 
 
 def run_inner(tmp_path: Path, script: list, iterations: int, **overrides) -> tuple[dict, SyntheticExecutor]:

@@ -27,9 +27,10 @@ from mechanisms.builtin.local_search import config_key, tried_configs
 from mechanisms.space import SearchSpace
 from nodes.adjust import adjust
 from nodes.analyze import IDEAS, analyze, findings, trace_summary
-from nodes.context import TRAIN_PATH, InnerContext, OuterContext
+from nodes.context import InnerContext, OuterContext
 from nodes.generate import composition_options, generate
 from nodes.llm_proposer import ask_llm, enumerated_schema, map_enumerated, step_options
+from trials.launcher import TRAIN_PATH
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 

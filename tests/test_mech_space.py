@@ -146,7 +146,7 @@ def test_levels_and_groups(space: SearchSpace) -> None:
 
 
 def test_the_batch_rule_is_declared_checked_and_kept_by_every_move() -> None:
-    from nodes.context import TRAIN_PATH
+    from trials.launcher import TRAIN_PATH
 
     real = SearchSpace.from_train_source(TRAIN_PATH.read_text())
     assert real["TOTAL_BATCH_TOKENS"].multiple_of == ("DEVICE_BATCH_SIZE", "SEQ_LEN")

@@ -34,9 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import change, config, synthetic_bpb  # noqa: E402
 
 from mechanisms.space import SearchSpace  # noqa: E402
-from nodes.context import TRAIN_PATH  # noqa: E402
 from trials.candidate import rewrite_constants  # noqa: E402
-from trials.launcher import LocalExecutor, TrainerSettings, Trial  # noqa: E402
+from trials.launcher import (  # noqa: E402
+    TRAIN_PATH,  # noqa: E402
+    LocalExecutor,
+    TrainerSettings,
+    Trial,
+)
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray" if (Path(sys.executable).parent / "ray").exists() else Path("ray")

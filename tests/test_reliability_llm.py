@@ -21,10 +21,11 @@ from llm.scripted import ScriptedChatModel
 from llm.structured import LLMBudget
 from nodes.adjust import adjust
 from nodes.analyze import analyze
-from nodes.context import TRAIN_PATH, OuterContext
+from nodes.context import OuterContext
 from nodes.generate import generate
 from nodes.llm_proposer import ask_llm
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, COMPOSE_SYSTEM, GENERATE_SYSTEM
+from trials.launcher import TRAIN_PATH
 
 HUGE = "x" * 100_000
 INJECTION = (

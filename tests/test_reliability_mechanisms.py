@@ -30,8 +30,8 @@ from mechanisms.base import MechanismSpec, view_payload
 from mechanisms.sandbox import SandboxedMechanism, SandboxError, SandboxLimits
 from mechanisms.space import SearchSpace
 from mechanisms.validation import validate_mechanism
-from nodes.context import EVALUATOR_PATH, file_sha256
 from nodes.prompts import ADJUST_SYSTEM, ANALYZE_SYSTEM, GENERATE_SYSTEM
+from trials.launcher import EVALUATOR_PATH, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = f"sk-planted-{uuid.uuid4().hex}"

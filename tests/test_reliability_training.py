@@ -26,9 +26,8 @@ from support import change, config
 from checkpoints.run_folder import Ledger
 from graphs.runner import execute
 from llm.scripted import ScriptedChatModel
-from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
 from trials.candidate import rewrite_constants
-from trials.launcher import LocalExecutor, TrainerSettings, Trial, trainer_env
+from trials.launcher import EVALUATOR_PATH, TRAIN_PATH, LocalExecutor, TrainerSettings, Trial, file_sha256, trainer_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-planted-training-secret"

@@ -14,6 +14,7 @@ cache. `start_training` is the one launcher both executors (local and Ray) use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -36,6 +37,9 @@ from trials.machine_load import other_share, snapshot
 from trials.warm_worker import WarmWorker, WorkerError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAIN_PATH = REPO_ROOT / "gpt" / "train.py"
+EVALUATOR_PATH = REPO_ROOT / "gpt" / "evaluate.py"
+OVERRUN_FACTOR = 1.10  # a training's seconds beyond budget x this (+ 1 s, + the last step's) mean a tampered clock
 EXIT_MEANINGS = {2: "invalid configuration", 3: "diverged (NaN or exploding loss)"}
 OOM_MARKERS = ("MemoryError", "can't allocate memory", "out of memory", "OutOfMemoryError")
 MAX_RESULT_BYTES = 1 << 20  # a result file larger than this is not a trainer's summary
@@ -104,6 +108,10 @@ class Executor(Protocol):
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]: ...
 
     def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]: ...
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_in_threads(

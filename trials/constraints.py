@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mechanisms.space import SearchSpace
-from nodes.context import TRAIN_PATH
+from trials.launcher import TRAIN_PATH
 
 SPACE = SearchSpace.from_train_source(TRAIN_PATH.read_text())
 

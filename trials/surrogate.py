@@ -6,7 +6,7 @@ The model is fitted, deterministically, from the samples CSV every time it is lo
   WhiteKernel); a served value is the posterior mean plus seeded Gaussian noise of the measured size — the standard
   deviation of the replicates (the default configuration trained with different seeds) when there are three or
   more, else the GP's own noise level;
-- crashes: a configuration train.py refuses (`ablation.constraints`, exit 2) crashes exactly as it would; among the
+- crashes: a configuration train.py refuses (`trials.constraints`, exit 2) crashes exactly as it would; among the
   others, a random-forest classifier learnt from the crashed samples (out of memory, too slow, diverged) crashes those
   it gives a crash probability above one half;
 - the other result fields (steps, memory, training seconds) are those of the nearest successful sample.
@@ -18,12 +18,14 @@ The model is fitted, deterministically, from the samples CSV every time it is lo
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import json
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +35,13 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-from sklearn.metrics import r2_score
-from sklearn.model_selection import KFold
 
-from ablation.constraints import config_error
-from ablation.sampling import read_samples, unit_features
 from mechanisms.space import SearchSpace
-from nodes.context import EVALUATOR_PATH, TRAIN_PATH, file_sha256
-from nodes.evaluate import BUDGET_SLACK
-from trials.launcher import TrainerSettings, Trial
+from trials.constraints import config_error
+from trials.launcher import EVALUATOR_PATH, OVERRUN_FACTOR, TRAIN_PATH, TrainerSettings, Trial, file_sha256
 
 MIN_REPLICATES = 3
 CRASH_THRESHOLD = 0.5
-FOLDS = 5
 
 
 def sample_status(row: dict[str, Any]) -> str:
@@ -53,7 +49,7 @@ def sample_status(row: dict[str, Any]) -> str:
     bpb, seconds = row.get("val_bpb"), row.get("training_seconds")
     if row.get("error") or not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
         return "crash"
-    if not isinstance(seconds, int | float) or seconds > row["budget_s"] * BUDGET_SLACK + 1:
+    if not isinstance(seconds, int | float) or seconds > row["budget_s"] * OVERRUN_FACTOR + 1:
         return "crash"
     return "ok"
 
@@ -85,7 +81,7 @@ class LogBpbGP:
         return float(math.sqrt(self.gp.kernel_.k2.noise_level))
 
 
-def _fit_classifier(x: np.ndarray, crashed: np.ndarray) -> RandomForestClassifier | None:
+def fit_classifier(x: np.ndarray, crashed: np.ndarray) -> RandomForestClassifier | None:
     if crashed.all() or not crashed.any():
         return None
     return RandomForestClassifier(n_estimators=100, max_features=None, random_state=0).fit(x, crashed)
@@ -135,7 +131,7 @@ class SurrogateModel:
             budget_s=float(budgets.pop()),
             split_sha256=str(splits.pop()),
             regressor=regressor,
-            classifier=_fit_classifier(x_admissible, crashed),
+            classifier=fit_classifier(x_admissible, crashed),
             noise_log_sd=noise_log_sd,
             noise_source=source,
             digest=digest,
@@ -243,55 +239,34 @@ class SurrogateExecutor:
         return [self.run(trial, settings) for trial in trials]
 
 
-def fit_quality(model: SurrogateModel, folds: int = FOLDS) -> dict[str, Any]:
-    """Held-out quality by K-fold cross-validation: R^2 and RMSE of val_bpb, against the noise; crash accuracy."""
-    rows = model.ok_rows
-    x, y = model.ok_x, np.array([row["val_bpb"] for row in rows])
-    predicted = np.zeros_like(y)
-    for train, test in KFold(min(folds, len(y)), shuffle=True, random_state=0).split(x):
-        predicted[test] = LogBpbGP.fit(x[train], y[train]).predict(x[test])
-    replicates = [row["val_bpb"] for row in rows if row.get("design") == "replicate"]
-    baseline = float(np.mean(replicates)) if replicates else model.mean_bpb(model.space.defaults())
-    rmse = float(np.sqrt(np.mean((predicted - y) ** 2)))
-    noise_bpb = baseline * model.noise_log_sd
-    admissible = [row for row in model.rows if config_error(row) is None]
-    all_x = np.array([unit_features(model.space, row) for row in admissible])
-    crashed = np.array([sample_status(row) == "crash" for row in admissible])
-    refused = [row for row in model.rows if row.get("returncode") == 2]
-    return {
-        "samples": len(model.rows),
-        "successful": len(rows),
-        "crashed": sum(sample_status(row) == "crash" for row in model.rows),
-        "rule_agrees": sum((row.get("returncode") == 2) == (config_error(row) is not None) for row in model.rows),
-        "refused_by_trainer": len(refused),
-        "budget_s": model.budget_s,
-        "cv_folds": min(folds, len(y)),
-        "cv_r2": float(r2_score(y, predicted)),
-        "cv_r2_log": float(r2_score(np.log(y), np.log(predicted))),
-        "cv_rmse_bpb": rmse,
-        "cv_mae_bpb": float(np.mean(np.abs(predicted - y))),
-        "noise_source": model.noise_source,
-        "noise_sd_bpb_at_baseline": noise_bpb,
-        "replicate_sd_bpb": float(np.std(replicates, ddof=1)) if len(replicates) > 1 else None,
-        "gp_noise_sd_bpb_at_baseline": baseline * model.regressor.noise_log_sd,
-        "rmse_over_noise": rmse / noise_bpb if noise_bpb > 0 else None,
-        "crash_cv_accuracy": crash_accuracy(all_x, crashed, folds),
-        "crash_base_rate": float(crashed.mean()),
-        "kernel": str(model.regressor.gp.kernel_),
-        "samples_sha256": model.digest,
-        "evaluator_sha256_of_samples": sorted({r["evaluator_sha256"] for r in rows if r.get("evaluator_sha256")}),
-        "evaluator_sha256_now": file_sha256(EVALUATOR_PATH),
-        "cv_predictions": [[float(a), float(b)] for a, b in zip(y, predicted, strict=True)],
-    }
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The CSV's rows with numbers parsed (empty cells read as None)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def crash_accuracy(x: np.ndarray, crashed: np.ndarray, folds: int) -> float | None:
-    """Cross-validated accuracy of the crash rule (None when all samples agree: nothing to learn)."""
-    if crashed.all() or not crashed.any():
+def _parse(text: str | None) -> Any:
+    if text is None or text == "":
         return None
-    hits = 0
-    for train, test in KFold(min(folds, len(crashed)), shuffle=True, random_state=0).split(x):
-        model = _fit_classifier(x[train], crashed[train])
-        guess = np.full(len(test), bool(crashed[train].mean() > 0.5)) if model is None else model.predict(x[test])
-        hits += int(np.sum(guess == crashed[test]))
-    return hits / len(crashed)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def unit_features(space: SearchSpace, params: Mapping[str, Any]) -> np.ndarray:
+    """A configuration as a point of the unit cube (free parameters, in declaration order)."""
+    out = []
+    for p in space:
+        if p.frozen:
+            continue
+        value = params.get(p.name, p.default)
+        if p.kind in ("int", "float"):
+            out.append(p.to_unit(value))
+        else:
+            values = [False, True] if p.kind == "bool" else list(p.choices)
+            index = next((i for i, v in enumerate(values) if v == value and type(v) is type(value)), 0)
+            out.append((index + 0.5) / len(values))
+    return np.asarray(out, dtype=float)
