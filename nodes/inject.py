@@ -2,17 +2,33 @@
 
 State records its id, source hash and origin; the next `run_inner` rebuilds the inner graph from that record (the
 builders live in graphs/), so a resumed run rebuilds the same graph from state alone. Before it is accepted, the
-rebuilt graph's topology is checked against the one it replaces."""
+candidate must fit the slot it fills (a `propose` mechanism: a `decide` one would run as the wrong node) and load from
+its record as `run_inner` will load it; otherwise it is refused, never raised."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from nodes.context import OuterContext
-from nodes.state import OuterState
+from nodes.mechanism_loader import load_mechanism
+from nodes.state import MechanismRecord, OuterState
 from nodes.validate import keep_candidate
+
+SLOT = "propose"  # the inner-graph node inject fills (the run's decide mechanism is chosen at the start only)
+
+
+def injection_problem(record: MechanismRecord, run_dir: Path) -> str | None:
+    """Why `record` cannot run as the inner graph's propose node, or None."""
+    if record.get("target") != SLOT:
+        return f"{record['id']} is a {record.get('target')!r} mechanism: it cannot run as the {SLOT} node"
+    try:
+        load_mechanism(record, run_dir)
+    except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is refused; it never stops the run
+        return f"the inner graph could not be built with it: {type(e).__name__}: {e}"
+    return None
 
 
 def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
@@ -26,10 +42,7 @@ def inject(state: OuterState, runtime: Runtime[OuterContext]) -> dict[str, Any]:
     record = keep_candidate(
         ctx.inner.ledger, candidate, source, diagnosis, validation, "validated", state.get("cycle", 0)
     )
-    try:
-        problem = ctx.topology_check(state["active"], record) if ctx.topology_check else None
-    except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is refused; it never stops the run
-        problem = f"the inner graph could not be built with it: {type(e).__name__}: {e}"
+    problem = injection_problem(record, ctx.inner.ledger.root)
     if problem:
         keep_candidate(
             ctx.inner.ledger,
