@@ -138,7 +138,7 @@ def sample_row(
         "timeout_s": settings.timeout_s,
         "memory_gb": memory_gb,
         "load_avg": load_avg,
-        "evaluator_sha256": result.get("evaluator_sha256"),
+        "evaluator_sha256": outcome.get("evaluator_sha256"),  # computed by the executor, not the training's report
         "split_sha256": result.get("split_sha256"),
         **point["params"],
         "returncode": outcome.get("returncode"),

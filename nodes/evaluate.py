@@ -12,8 +12,12 @@ from nodes.state import InnerState
 from trials.launcher import OVERRUN_FACTOR
 
 
-def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str | None) -> str | None:
-    """Why `result` must be refused, or None when it is a genuine result of this run's evaluator and split."""
+def check_result(
+    result: dict[str, Any], evaluator_sha256: Any, ctx: InnerContext, expected_split: str | None
+) -> str | None:
+    """Why `result` must be refused, or None when it is a genuine result of this run's evaluator and split.
+    `evaluator_sha256` is the hash of the evaluator file the training ran with, computed by the executor in this
+    process; what the training reports of it in `result` is never what is checked."""
 
     def finite(value: Any) -> TypeGuard[float]:  # a real number: not a bool, not NaN or infinite
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -23,8 +27,10 @@ def check_result(result: dict[str, Any], ctx: InnerContext, expected_split: str 
     bpb = result.get("val_bpb")
     if not finite(bpb) or bpb <= 0:
         return f"val_bpb is not a positive finite number: {str(bpb)[:80]!r}"
-    if result.get("evaluator_sha256") != ctx.evaluator_sha256:
-        return "the result was not produced by the locked evaluator (evaluator sha256 differs)"
+    if evaluator_sha256 != ctx.evaluator_sha256:
+        return (
+            "the result was not produced by the locked evaluator (the sha256 of the evaluator file it ran with differs)"
+        )
     if expected_split is not None and result.get("split_sha256") != expected_split:
         return "the result was measured on another data split (split sha256 differs)"
     budget = ctx.trainer.budget_s
@@ -48,7 +54,7 @@ def evaluate(state: InnerState, runtime: Runtime[InnerContext]) -> dict[str, Any
     for item, raw in zip(state.get("batch", []), state.get("outcomes", []), strict=True):
         outcome = dict(raw)
         if outcome.get("ok"):
-            refusal = check_result(outcome["result"], ctx, expected_split)
+            refusal = check_result(outcome["result"], outcome.get("evaluator_sha256"), ctx, expected_split)
             if refusal:
                 outcome.update(ok=False, error=f"result refused: {refusal}", refused=True)
         status = "ok" if outcome.get("ok") else "crash"

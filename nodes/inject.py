@@ -8,7 +8,7 @@ its record as `run_inner` will load it; otherwise it is refused, never raised.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from langgraph.runtime import Runtime
 
@@ -20,12 +20,12 @@ from nodes.validate import keep_candidate
 SLOT = "propose"  # the inner-graph node inject fills (the run's decide mechanism is chosen at the start only)
 
 
-def injection_problem(record: MechanismRecord, run_dir: Path) -> str | None:
+def injection_problem(record: dict[str, Any], run_dir: Path) -> str | None:
     """Why `record` cannot run as the inner graph's propose node, or None."""
     if record.get("target") != SLOT:
         return f"{record['id']} is a {record.get('target')!r} mechanism: it cannot run as the {SLOT} node"
     try:
-        load_mechanism(record, run_dir)
+        load_mechanism(cast(MechanismRecord, record), run_dir)
     except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is refused; it never stops the run
         return f"the inner graph could not be built with it: {type(e).__name__}: {e}"
     return None

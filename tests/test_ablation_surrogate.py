@@ -51,10 +51,10 @@ class NoisyTrainer:
             "training_seconds": settings.budget_s * 0.9,
             "num_steps": 7,
             "peak_memory_mb": 800.0,
-            "evaluator_sha256": file_sha256(EVALUATOR_PATH),
             "split_sha256": SPLIT,
         }
-        return {"ok": True, "returncode": 0, "wall_seconds": 0.01, "result": result}
+        evaluator = file_sha256(EVALUATOR_PATH)  # hashed by the executor, as the real ones do
+        return {"ok": True, "returncode": 0, "wall_seconds": 0.01, "result": result, "evaluator_sha256": evaluator}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,8 @@ def test_served_results_are_labelled_seeded_and_crash_where_the_samples_crashed(
     outcome = executor.run(good, settings)
     result = outcome["result"]
     assert outcome["ok"] and result["surrogate"] is True and result["surrogate_label"] == f"surrogate:{samples}"
-    assert result["evaluator_sha256"] == file_sha256(EVALUATOR_PATH) and result["split_sha256"] == SPLIT
+    assert outcome["evaluator_sha256"] == file_sha256(EVALUATOR_PATH) and result["split_sha256"] == SPLIT
+    assert "evaluator_sha256" not in result  # the executor's hash, never one the result carries
     assert result["training_seconds"] <= 20.0 and outcome["wall_seconds"] < 1.0
     assert executor.run(good, settings)["result"]["val_bpb"] == result["val_bpb"]  # same seed: same draw
     other = executor.run(good, TrainerSettings(budget_s=20.0, seed=4))["result"]["val_bpb"]

@@ -58,7 +58,7 @@ FAULTS: dict[str, tuple[str, str]] = {  # experiment id -> (train.py, what the t
     "e0004": ("import time\nwhile True:\n    time.sleep(1)", "killed after the 3 s timeout"),
     "e0005": (trainer(write="open(path, 'w').write(json.dumps(result)[:25])"), "result file missing or unreadable"),
     "e0006": (trainer(write="pass"), "result file missing or unreadable"),
-    "e0007": (trainer(evaluator="0" * 64), "evaluator sha256 differs"),
+    "e0007": (trainer(bpb=-1.0), "val_bpb is not a positive finite number"),
     "e0008": (trainer(write="json.dump([1.0, 2.0], open(path, 'w'))"), "not an object"),
     "e0009": (trainer(extra="{'split_sha256': 'e' * 64}"), "another data split"),
     "e0010": (trainer(extra="{'training_seconds': 1e6}"), "training ran 1000000.0 s"),
@@ -146,7 +146,7 @@ def test_every_training_fault_is_a_crash_or_a_refusal_and_the_loop_goes_on(
     rows = (tmp_path / "run" / "results.tsv").read_text().splitlines()[1:]
     assert [r.split("\t")[3] for r in rows] == ["keep"] + ["crash"] * (n - 1) + ["keep"]
     refused = [e for e in Ledger(tmp_path / "run").events("evaluate") if "result refused" in (e.get("error") or "")]
-    assert len(refused) == 5  # NaN, evaluator, split, clock, budget (a list is not even read as a result)
+    assert len(refused) == 5  # NaN, negative, split, clock, budget (a list is not even read as a result)
     hang = next(e for e in experiments if e["id"] == "e0004")
     assert hang["seconds"] < 10  # killed at the 3 s timeout, not left to run
     assert processes_naming(str(tmp_path)) == []  # the sleeper the hung trainer started went with its group

@@ -220,6 +220,7 @@ def run_training(settings: TrainerSettings, folder: Path) -> dict[str, Any]:
     A timeout, an error or Ctrl-C here kills the whole training (every process of its sandbox)."""
     result_json, log = folder / "result.json", folder / "log.txt"
     result_json.unlink(missing_ok=True)  # a stale result of a killed attempt must not be read as this one's
+    evaluator = file_sha256(EVALUATOR_PATH)  # the file this training imports, hashed here: never taken from its report
     start = time.monotonic()
     with open(log, "w", encoding="utf-8") as out:
         try:
@@ -236,7 +237,8 @@ def run_training(settings: TrainerSettings, folder: Path) -> dict[str, Any]:
         except BaseException:  # Ctrl-C or an error in this process: leave no training process behind
             child.kill()
             raise
-    return read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+    outcome = read_outcome(result_json, log, code, timed_out, time.monotonic() - start, settings.timeout_s)
+    return {**outcome, "evaluator_sha256": evaluator}
 
 
 def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tuple[dict[str, Any], float]:
@@ -254,7 +256,7 @@ def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tup
         return {**outcome, "warm_worker": f"failed, trained cold: {e}"}, 0.0
     outcome = read_outcome(result_json, log, run.returncode, run.timed_out, time.monotonic() - start,
                            settings.timeout_s)  # fmt: skip
-    return {**outcome, "warm_worker": "used"}, run.cpu_seconds
+    return {**outcome, "warm_worker": "used", "evaluator_sha256": worker.evaluator_sha256}, run.cpu_seconds
 
 
 class LocalExecutor:
@@ -295,7 +297,7 @@ class LocalExecutor:
     def worker_for(self, settings: TrainerSettings) -> WarmWorker:
         """A free worker for trainings like `settings` (same corpus, vocabulary and environment)."""
         wanted = WarmWorker(settings.corpus, settings.vocab_size, trainer_env(settings.extra_env), REPO_ROOT,
-                            spawn_tied)  # fmt: skip
+                            spawn_tied, file_sha256(EVALUATOR_PATH))  # fmt: skip
         while True:
             try:
                 worker = self.idle.get_nowait()

@@ -178,7 +178,6 @@ class SurrogateModel:
             "training_seconds": min(float(near["training_seconds"]), self.budget_s),
             "num_steps": near.get("num_steps"),
             "peak_memory_mb": near.get("peak_memory_mb"),
-            "evaluator_sha256": file_sha256(EVALUATOR_PATH),
             "split_sha256": self.split_sha256,
             "surrogate": True,
             "surrogate_samples_sha256": self.digest,
@@ -218,6 +217,9 @@ class SurrogateExecutor:
     def __init__(self, model: SurrogateModel, label: str) -> None:
         self.model = model
         self.label = label
+        # computed here, in the parent, as the local executor hashes the evaluator a training imports: the evaluator
+        # the run's results stand for (the samples' own is recorded in the ablation's surrogate_fit.json)
+        self.evaluator_sha256 = file_sha256(EVALUATOR_PATH)
 
     @classmethod
     def load(cls, path: Path) -> SurrogateExecutor:
@@ -231,6 +233,7 @@ class SurrogateExecutor:
         outcome = self.model.serve(params, noise_seed(settings, trial.experiment_id, params))
         outcome["wall_seconds"] = round(time.monotonic() - start, 4)
         outcome["surrogate"] = self.label  # every outcome, crashes included: nothing here was trained
+        outcome["evaluator_sha256"] = self.evaluator_sha256
         if outcome["ok"]:
             outcome["result"]["surrogate_label"] = self.label
         return outcome

@@ -46,14 +46,18 @@ class WarmWorker:
         env: Mapping[str, str],
         cwd: Path,
         spawn: Callable[..., subprocess.Popen[bytes]],
+        evaluator_sha256: str | None = None,
     ) -> None:
         self.corpus, self.vocab_size, self.env, self.cwd, self.spawn = corpus, vocab_size, dict(env), cwd, spawn
+        # the evaluator file the worker imports when it starts, hashed by the parent: part of the key, so a worker
+        # whose evaluator file has changed since is replaced, and what its trials are checked with
+        self.evaluator_sha256 = evaluator_sha256
         self.proc: subprocess.Popen[bytes] | None = None
         self.buffer = b""
         self.preload_seconds: float | None = None
 
-    def key(self) -> tuple[str, int | None, tuple[tuple[str, str], ...]]:
-        return self.corpus, self.vocab_size, tuple(sorted(self.env.items()))
+    def key(self) -> tuple[str, int | None, tuple[tuple[str, str], ...], str | None]:
+        return self.corpus, self.vocab_size, tuple(sorted(self.env.items())), self.evaluator_sha256
 
     def start(self) -> None:
         command = [sys.executable, "-m", "gpt.worker", "--corpus", self.corpus]
