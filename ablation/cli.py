@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ablation.harness import GROUP_NAMES, Ablation, AblationSpec
+from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, spec_defaults
 from ablation.pack import pack
 from ablation.plots import plot_surrogate_check
 from ablation.report import write_ablation_report
@@ -31,7 +31,7 @@ from ablation.sampling import DEFAULT_CSV, collect_samples
 from ablation.surrogate_check import check_against
 from ablation.surrogate_quality import fit_quality
 from checkpoints.run_folder import write_json_atomic
-from graphs.run_config import new_run_dir
+from graphs.run_config import new_run_dir, run_defaults
 from graphs.runner import executor_for
 from trials.launcher import Executor, TrainerSettings, Trial
 from trials.machine_load import wait_for_quiet
@@ -44,7 +44,7 @@ def main_sample(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphs.bilevel ablation sample")
     ap.add_argument("--points", type=int, default=56, help="design points (half global, half around the default)")
     ap.add_argument("--replicates", type=int, default=4, help="the default configuration, trained with other seeds")
-    ap.add_argument("--budget-s", type=float, default=20.0)
+    ap.add_argument("--budget-s", type=float, default=run_defaults()["budget_s"])
     ap.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube designs")
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--work-dir", type=Path, default=Path("runs/surrogate-sampling"))
@@ -121,27 +121,32 @@ def wait_while(pattern: str | None, poll_s: float = 60.0) -> None:
 
 
 def add_run_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags of an ablation; every default is AblationSpec's (ablation/harness.py), never one of its own."""
+    spec = spec_defaults()
     ap.add_argument("--groups", default=",".join(GROUP_NAMES), help=f"comma-separated, of {', '.join(GROUP_NAMES)}")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--iterations", type=int, default=30, help="experiments after the baseline, per run")
-    ap.add_argument("--budget-s", type=float, default=20.0, help="training budget of each experiment")
-    ap.add_argument("--segment", type=int, default=5, help="inner iterations per outer cycle (every group)")
-    ap.add_argument("--seed", type=int, default=0, help="repeat r runs with seed + r in every group")
-    ap.add_argument("--executor", default="local", help="local | surrogate:PATH (a samples CSV)")
-    ap.add_argument("--noise-repeats", type=int, default=5, help="baseline trainings with other seeds")
-    ap.add_argument("--confirm", type=int, default=0, help="re-trainings of each run's best with fresh seeds")
+    ap.add_argument("--iterations", type=int, default=spec["iterations"], help="experiments per run after its baseline")
+    ap.add_argument("--budget-s", type=float, default=spec["budget_s"], help="training budget of each experiment")
+    ap.add_argument("--segment", type=int, default=spec["segment"], help="inner iterations per outer cycle")
+    ap.add_argument("--seed", type=int, default=spec["seed"], help="repeat r runs with seed + r in every group")
+    ap.add_argument("--executor", default=spec["executor"], help="local | surrogate:PATH (a samples CSV)")
+    ap.add_argument("--noise-repeats", type=int, default=spec["noise_repeats"], help="baseline trainings, other seeds")
+    ap.add_argument("--confirm", type=int, default=spec["confirm"], help="re-trainings of each run's best, fresh seeds")
     ap.add_argument("--out", type=Path, help="the ablation folder (default runs/ablation-<time>)")
     ap.add_argument("--llm-model", dest="model")
     ap.add_argument("--llm-base-url", dest="base_url")
     ap.add_argument("--max-llm-calls", type=int, help="per run")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--corpus", default="shakespeare")
-    ap.add_argument("--generate-mode", choices=["auto", "compose", "generate"], default="auto")
+    ap.add_argument("--device", default=spec["device"])
+    ap.add_argument("--corpus", default=spec["corpus"])
+    ap.add_argument("--generate-mode", choices=["auto", "compose", "generate"], default=spec["generate_mode"])
     ap.add_argument("--kill-after-s", type=float, help="hard timeout of one training")
     ap.add_argument("--memory-gb", type=float, help="memory cap of every training (RLIMIT_DATA), as in `sample`")
     ap.add_argument("--llm-threads", type=int, help="threads of the embedded model's server (default: its own)")
     ap.add_argument(
-        "--llm-attempts", type=int, default=3, help="answers asked for per LLM call before the recorded fallback"
+        "--llm-attempts",
+        type=int,
+        default=spec["llm_attempts"],
+        help="answers asked for per LLM call before the recorded fallback",
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from checkpoints.run_folder import write_atomic, write_json_atomic
-from graphs.run_config import RunConfig
+from graphs.run_config import RunConfig, run_defaults
 from graphs.runner import GROUPS, execute, executor_for
 from llm.client import EMBEDDED_MAX_TOKENS, LLMSettings, embedded_watchdog, open_chat_model
 from llm.local_server import MODEL_ALIAS, LocalModelServer, spawn_tied
@@ -60,31 +60,34 @@ MANIFEST = "ablation.json"
 SURROGATE_FIT = "surrogate_fit.json"  # the surrogate's held-out quality, measured when the ablation starts
 
 LLMFor = Callable[[RunConfig], BaseChatModel]
+RUN = run_defaults()  # a run's settings as RunConfig declares them: the spec's shared settings default to these
 
 
 @dataclass
 class AblationSpec:
-    """What defines an ablation; saved in the manifest, read back by `ablation resume`."""
+    """What defines an ablation; saved in the manifest, read back by `ablation resume`. The settings it shares with a
+    run default to RunConfig's; iterations and segment are the ablation's own (the paper's harness: 30 in segments
+    of 5), and its command line's defaults are these (`spec_defaults`)."""
 
     groups: list[str]
     repeats: int
     iterations: int = 30
-    budget_s: float = 20.0
+    budget_s: float = RUN["budget_s"]
     segment: int = 5
-    seed: int = 0  # repeat r runs with seed + r in every group
-    executor: str = "local"  # "local" | "surrogate:PATH"
+    seed: int = RUN["seed"]  # repeat r runs with seed + r in every group
+    executor: str = RUN["executor"]  # "local" | "surrogate:PATH"
     noise_repeats: int = 5
     confirm: int = 0  # re-trainings of each run's best configuration with other seeds
-    device: str = "cpu"
-    corpus: str = "shakespeare"
-    model: str | None = None
-    base_url: str | None = None
-    max_llm_calls: int | None = None
-    generate_mode: str = "auto"
-    kill_after_s: float | None = None
+    device: str = RUN["device"]
+    corpus: str = RUN["corpus"]
+    model: str | None = RUN["model"]
+    base_url: str | None = RUN["base_url"]
+    max_llm_calls: int | None = RUN["max_llm_calls"]
+    generate_mode: str = RUN["generate_mode"]
+    kill_after_s: float | None = RUN["kill_after_s"]
     memory_gb: float | None = None  # memory cap of the trainings (applied by the CLI to its own process)
     llm_threads: int | None = None  # the embedded model's server threads (None: its default)
-    llm_attempts: int = 3  # answers asked for per LLM call before the recorded fallback (every group alike)
+    llm_attempts: int = RUN["llm_attempts"]  # answers asked for per LLM call before the fallback (every group alike)
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in GROUP_NAMES]
@@ -115,6 +118,11 @@ class AblationSpec:
 
     def trainer(self, seed: int) -> TrainerSettings:
         return dataclasses.replace(self.run_config(Path("."), "A", 0).trainer(), seed=seed)
+
+
+def spec_defaults() -> dict[str, Any]:
+    """Each setting's default, as AblationSpec declares it."""
+    return {f.name: f.default for f in dataclasses.fields(AblationSpec) if f.default is not dataclasses.MISSING}
 
 
 def run_id(group: str, repeat: int) -> str:

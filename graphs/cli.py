@@ -12,7 +12,7 @@ from typing import Any, cast
 from rich.console import Console
 from rich.table import Table
 
-from graphs.run_config import RunConfig, new_run_dir
+from graphs.run_config import RunConfig, new_run_dir, run_defaults
 
 console = Console()
 FATAL_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, RuntimeError, ValueError)
@@ -20,9 +20,11 @@ SUBCOMMANDS = ("run", "resume", "draw", "report", "mechanisms", "ablation", "das
 
 
 def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
-    ap.add_argument("--iterations", type=int, default=12, help="experiments after the baseline (default 12)")
-    ap.add_argument("--budget-s", type=float, default=20.0, help="training budget of each experiment, seconds")
-    ap.add_argument("--seed", type=int, default=0)
+    """The flags of a run; every default is RunConfig's (graphs/run_config.py), never one of its own."""
+    run = run_defaults()
+    ap.add_argument("--iterations", type=int, default=run["iterations"], help="experiments after the baseline")
+    ap.add_argument("--budget-s", type=float, default=run["budget_s"], help="training budget of each experiment (s)")
+    ap.add_argument("--seed", type=int, default=run["seed"])
     ap.add_argument("--run-dir", type=Path, help="run folder (default runs/<time>-<level>)")
     ap.add_argument("--runs-root", type=Path, default=Path("runs"))
     ap.add_argument(
@@ -40,14 +42,14 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument(
         "--mode",
         choices=["params", "code"],
-        default="params",
+        default=run["mode"],
         help="propose hyperparameter changes, or search/replace edits of train.py",
     )
-    ap.add_argument("--batch", type=int, default=1, help="proposals per iteration, trained in parallel")
+    ap.add_argument("--batch", type=int, default=run["batch"], help="proposals per iteration, trained in parallel")
     ap.add_argument(
         "--executor",
         type=executor_spec,
-        default="local",
+        default=run["executor"],
         help="where trials run: local (here), ray (a Ray cluster), or surrogate:PATH (no training: val_bpb served by "
         "a model fitted on the real samples at PATH, e.g. ablation/data/surrogate_samples.csv; labelled surrogate)",
     )
@@ -60,7 +62,7 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument(
         "--overlap",
         choices=["auto", "on", "off"],
-        default="auto",
+        default=run["overlap"],
         help="start each trial of a batch as soon as it is proposed, asking the next proposal while it trains (the "
         "same proposals, earlier); auto: on with --batch > 1 where the LLM does not share the trainer's cores (a "
         "remote endpoint, --device cuda, --executor ray)",
@@ -73,15 +75,15 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument(
         "--proposal-style",
         choices=["auto", "values", "free", "moves"],
-        default="auto",
+        default=run["proposal_style"],
         help="values: the LLM picks one of the listed steps around the best (every answer valid; auto for the "
         "embedded model); free: any value, checked and re-asked (auto for other endpoints)",
     )
     ap.add_argument("--mechanism", help="start with this built-in mechanism (name) or a mechanism module (path)")
-    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
+    ap.add_argument("--device", default=run["device"], help="auto | cpu | cuda | mps")
     ap.add_argument("--eval-tokens", type=int, help="validation tokens of evaluate_bpb (default: the trainer's)")
     ap.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: the trainer's)")
-    ap.add_argument("--corpus", default="shakespeare", help="shakespeare | stdlib | a path")
+    ap.add_argument("--corpus", default=run["corpus"], help="shakespeare | stdlib | a path")
     ap.add_argument("--max-llm-calls", type=int)
     ap.add_argument(
         "--llm-max-tokens",
@@ -92,11 +94,13 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
     ap.add_argument(
         "--llm-attempts",
         type=int,
-        default=3,
+        default=run["llm_attempts"],
         help="answers asked for per LLM call (the first, then re-asks with the error) before the recorded fallback",
     )
     ap.add_argument("--max-llm-tokens", type=int)
-    ap.add_argument("--noise-margin", type=float, default=0.0, help="a keep must beat the best by more than this")
+    ap.add_argument(
+        "--noise-margin", type=float, default=run["noise_margin"], help="a keep must beat the best by more than this"
+    )
     ap.add_argument("--time-limit-s", type=float, help="no new experiment starts after this many seconds")
     ap.add_argument(
         "--unsafe-no-sandbox",
@@ -105,13 +109,13 @@ def add_run_flags(ap: argparse.ArgumentParser, *, bilevel: bool) -> None:
         "recorded in run.json and the report",
     )
     if bilevel:
-        ap.add_argument("--level", choices=["1", "1.5", "2", "1+2"], default="2")
+        ap.add_argument("--level", choices=["1", "1.5", "2", "1+2"], default=run["level"])
         ap.add_argument("--group", choices=["A", "B", "C", "D"], help="the paper's groups: A=1, B=1.5, C=2, D=1+2")
-        ap.add_argument("--segment", type=int, default=4, help="inner iterations per outer cycle")
+        ap.add_argument("--segment", type=int, default=run["segment"], help="inner iterations per outer cycle")
         ap.add_argument(
             "--generate-mode",
             choices=["auto", "compose", "generate"],
-            default="auto",
+            default=run["generate_mode"],
             help="compose a built-in (weak models; auto picks it for the embedded model) or write code",
         )
 

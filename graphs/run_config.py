@@ -17,21 +17,25 @@ from nodes.context import InnerContext
 from nodes.state import InnerState, MechanismRecord
 from trials.launcher import TRAIN_PATH, Executor, LocalExecutor, TrainerSettings
 
+TRAINING = TrainerSettings()  # the training settings' defaults, declared once (trials/launcher.py)
+
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; saved as run.json, read back by `resume`."""
+    """Everything that defines a run; saved as run.json, read back by `resume`. The one declaration of a run's
+    settings and their defaults (the training ones taken from TrainerSettings): the command lines, the ablation's spec
+    and the graphs' contexts derive theirs from it (`run_defaults`)."""
 
     run_dir: str
     level: str = "2"  # "1" | "1.5" | "2" | "1+2" — or a group A/B/C/D, mapped by `level_of_group`
     iterations: int = 12  # experiments after the baseline
     segment: int = 4  # inner iterations per outer cycle
-    budget_s: float = 20.0
-    device: str = "cpu"
-    corpus: str = "shakespeare"
-    vocab_size: int | None = None
-    eval_tokens: int | None = None
-    seed: int = 0
+    budget_s: float = TRAINING.budget_s
+    device: str = TRAINING.device
+    corpus: str = TRAINING.corpus
+    vocab_size: int | None = TRAINING.vocab_size
+    eval_tokens: int | None = TRAINING.eval_tokens
+    seed: int = TRAINING.seed
     mode: str = "params"
     batch: int = 1  # proposals per inner iteration, trained in parallel by the executor
     executor: str = "local"  # "local" (child processes here) | "ray" (a Ray cluster: docs/ray.md) | "surrogate:PATH"
@@ -50,7 +54,7 @@ class RunConfig:
     mechanism: str | None = None  # a built-in name or a path: the inner loop starts with it
     generate_mode: str = "auto"  # "compose" | "generate" | "auto" (compose for the embedded model)
     time_limit_s: float | None = None
-    kill_after_s: float | None = None
+    kill_after_s: float | None = TRAINING.kill_after_s
     unsafe_no_sandbox: bool = False  # LLM-written code runs without the OS sandbox (--unsafe-no-sandbox)
     started: float = 0.0
 
@@ -77,6 +81,11 @@ class RunConfig:
             kill_after_s=self.kill_after_s,
             sandbox=self.mode == "code" and not self.unsafe_no_sandbox,  # an LLM-edited train.py
         )
+
+
+def run_defaults() -> dict[str, Any]:
+    """Each setting's default, as RunConfig declares it."""
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
 def new_run_dir(root: Path, label: str) -> Path:

@@ -29,17 +29,19 @@ class InnerContext:
     llm: Any = None  # a LangChain chat model; None only for mechanisms that never ask it
     budget: LLMBudget = field(default_factory=LLMBudget)
     executor: Executor = field(default_factory=LocalExecutor)
-    mode: str = "params"  # "params" | "code"
-    batch: int = 1  # proposals trained together per iteration (in parallel where the executor allows)
+    # The run's settings come from its RunConfig (graphs/run_config.py make_context), which declares their defaults:
+    # none here, so the two cannot disagree.
+    mode: str = field(kw_only=True)  # "params" | "code"
+    batch: int = field(kw_only=True)  # proposals trained together per iteration (in parallel where allowed)
+    noise_margin: float = field(kw_only=True)  # a candidate must beat the best by more than this to be kept
+    seed: int = field(kw_only=True)
+    llm_attempts: int = field(kw_only=True)  # answers asked for per structured call before a fallback
     pipeline: TrialPipeline | None = None  # set: each proposal starts training as soon as it is made
-    noise_margin: float = 0.0  # a candidate must beat the best by more than this to be kept
-    seed: int = 0
     deadline: float | None = None  # time.time() after which no new experiment starts
     evaluator_sha256: str = field(default_factory=lambda: file_sha256(EVALUATOR_PATH))
     split_sha256: str | None = None  # None: the baseline's split is the reference
     console: Console = field(default_factory=lambda: Console(stderr=True))
     llm_level: str = "L1"
-    llm_attempts: int = 3  # answers asked for per structured call (the first, then re-asks) before a fallback
     # "values": enumerated steps, every answer valid (the embedded model); "free": any value, checked and re-asked
     # (capable endpoints); "moves": enumerated increase/decrease x small/large (measured, not a default)
     proposal_style: str = "free"
@@ -91,9 +93,10 @@ class OuterContext:
     the same LLM with the same client settings."""
 
     inner: InnerContext
-    level: str = "2"
-    segment: int = 4  # inner iterations per outer cycle
-    generate_mode: str = "compose"  # "compose": pick and parametrise a built-in; "generate": write a module
+    # from the run's RunConfig, which declares their defaults (generate_mode resolved: never "auto")
+    level: str = field(kw_only=True)
+    segment: int = field(kw_only=True)  # inner iterations per outer cycle
+    generate_mode: str = field(kw_only=True)  # "compose": pick and parametrise a built-in; "generate": write a module
     max_repairs: int = 2  # repair rounds fed by the validator's errors before a candidate is dropped
     max_new_freezes: int = 5  # Level 1.5 caps
     min_active: int = 4

@@ -98,7 +98,9 @@ def outer_calls(llm: Any, root: Path, trace_run: Path, style: str, calls: int, s
     ledger = Ledger(run_dir)
     ctx = make_context(config, ledger, llm, LLMBudget())
     ctx.proposal_style = style
-    outer = OuterContext(inner=ctx, level="2", generate_mode="compose", inner_graph_mermaid="(the inner graph)")
+    outer = OuterContext(
+        inner=ctx, level="2", segment=config.segment, generate_mode="compose", inner_graph_mermaid="(the inner graph)"
+    )
     experiments = sorted(events(trace_run, "experiment"), key=lambda e: e["iteration"])
     active = {"id": "llm_greedy@start", "name": "llm_greedy", "origin": "builtin", "target": "propose"}
     cuts = [max(2, round(len(experiments) * (k + 1) / calls)) for k in range(calls)]

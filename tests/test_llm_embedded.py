@@ -41,7 +41,7 @@ def test_every_call_of_the_embedded_model_is_valid_at_the_first_attempt(tmp_path
         outer_config.save()
         ctx = make_context(outer_config, Ledger(outer_dir), llm, LLMBudget())
         ctx.proposal_style = "values"
-        outer = OuterContext(inner=ctx, level="2", generate_mode="compose", inner_graph_mermaid="graph")
+        outer = OuterContext(inner=ctx, level="2", segment=4, generate_mode="compose", inner_graph_mermaid="graph")
         active = {"id": "llm_greedy@start", "name": "llm_greedy", "origin": "builtin", "target": "propose"}
         state = {"inner": {**final, "stop_reason": None}, "active": active, "cycle": 1, "segments": []}
         runtime = SimpleNamespace(context=outer)

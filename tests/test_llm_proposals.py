@@ -236,7 +236,7 @@ def outer_state(experiments: list[dict[str, Any]]) -> dict[str, Any]:
 
 def outer_call(tmp_path: Path, node: Any, state: dict[str, Any], script: list[Any]) -> tuple[dict[str, Any], Ledger]:
     ctx, ledger, _ = values_context(tmp_path, script)
-    outer = OuterContext(inner=ctx, level="2", generate_mode="compose", inner_graph_mermaid="graph")
+    outer = OuterContext(inner=ctx, level="2", segment=4, generate_mode="compose", inner_graph_mermaid="graph")
     return node(state, SimpleNamespace(context=outer)), ledger
 
 

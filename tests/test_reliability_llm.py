@@ -165,7 +165,7 @@ def call(node: str, script: list[Any], tmp_path: Path, history: dict[str, Any]) 
     if node.startswith("propose"):
         return ask_llm(inner, ctx), ledger
     mode = "compose" if node == "compose" else "generate"
-    outer = OuterContext(inner=ctx, level="2", generate_mode=mode, inner_graph_mermaid="graph")
+    outer = OuterContext(inner=ctx, level="2", segment=4, generate_mode=mode, inner_graph_mermaid="graph")
     active = {"id": "llm_greedy@x", "name": "llm_greedy", "origin": "builtin", "target": "propose"}
     state = {
         "inner": inner,

@@ -48,9 +48,11 @@ LOG_TAIL_BYTES = 64 << 10
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """How every experiment of a run is trained; the same for every group of an ablation."""
+    """How every experiment of a run is trained; the same for every group of an ablation. Its defaults are the one
+    declaration of the training settings: a run's (graphs/run_config.py RunConfig) and the command lines' derive from
+    them."""
 
-    budget_s: float = 60.0
+    budget_s: float = 20.0
     device: str = "cpu"
     corpus: str = "shakespeare"
     vocab_size: int | None = None
