@@ -9,6 +9,7 @@
     python -m graphs.bilevel ablation pack runs/ablation-surrogate docs/results/ablation-surrogate.tar.gz
     python -m graphs.bilevel ablation imp runs/ablation-surrogate --k 10 --seeds 10
     python -m graphs.bilevel ablation bbob --functions 1,8,15,21 --instances 1,2 --seeds 3 --budget 100
+    python -m graphs.bilevel ablation page docs/results.md [--check]
 """
 
 from __future__ import annotations
@@ -290,6 +291,29 @@ def main_pack(argv: list[str]) -> int:
     return 0
 
 
+def main_page(argv: list[str]) -> int:
+    from ablation.page import PageError, refresh
+
+    ap = argparse.ArgumentParser(
+        prog="python -m graphs.bilevel ablation page",
+        description="regenerate the tables a results page marks (<!-- table KIND SOURCE --> ... <!-- /table -->) "
+        "from the folders they were measured in",
+    )
+    ap.add_argument("page", type=Path, help="the markdown page, e.g. docs/results.md")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when the page is out of date")
+    args = ap.parse_args(argv)
+    try:
+        changed = refresh(args.page, check=args.check)
+    except (PageError, OSError) as e:
+        console.print(f"[red]{args.page}: {e}[/]")
+        return 2
+    if args.check:
+        console.print(f"{args.page}: " + ("[red]out of date[/]" if changed else "up to date"))
+        return 1 if changed else 0
+    console.print(f"{args.page}: " + ("tables regenerated" if changed else "already up to date"))
+    return 0
+
+
 def main_imp(argv: list[str]) -> int:
     from ablation.imp import DEFAULT_SURROGATE, ImpSettings, measure, table
 
@@ -365,6 +389,7 @@ COMMANDS = {
     "worker": main_worker,
     "imp": main_imp,
     "bbob": main_bbob,
+    "page": main_page,
 }
 
 
