@@ -12,7 +12,6 @@ import hashlib
 import math
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +21,6 @@ from gpt.prepare import Data
 
 DEFAULT_EVAL_TOKENS = 65_536
 IGNORE = -1  # target id of padding rows/columns; they carry no bytes
-# The clock stops before a step would overrun the budget, predicting the step's length; on a loaded machine a step can
-# take longer than predicted. A result that overran by more than this fraction of the budget is refused.
-BUDGET_SLACK = 0.05
 
 
 def evaluator_sha256() -> str:
@@ -95,25 +91,3 @@ def baseline_bpb(data: Data, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> dict[str
         "uniform": y.size * math.log(data.vocab_size) * bits_per_byte,
         "unigram": float(-logp[y].sum()) * bits_per_byte,
     }
-
-
-def verify_result(
-    result: dict[str, Any], expected_evaluator: str, expected_split: str, slack: float = BUDGET_SLACK
-) -> list[str]:
-    """Reasons to refuse a result JSON (empty when it is sound): the evaluator or split hash differs from the
-    parent's, the training time exceeds the budget by more than `slack` (a fraction of it), or val_bpb is missing or
-    not a finite number."""
-    problems = []
-    if result.get("evaluator_sha256") != expected_evaluator:
-        problems.append(f"evaluator_sha256 {result.get('evaluator_sha256')!r} != expected {expected_evaluator!r}")
-    if result.get("split_sha256") != expected_split:
-        problems.append(f"split_sha256 {result.get('split_sha256')!r} != expected {expected_split!r}")
-    bpb = result.get("val_bpb")
-    if not isinstance(bpb, int | float) or not math.isfinite(bpb) or bpb <= 0:
-        problems.append(f"val_bpb {bpb!r} is not a positive finite number")
-    budget, trained = result.get("budget_s"), result.get("training_seconds")
-    if not isinstance(budget, int | float) or not isinstance(trained, int | float):
-        problems.append("budget_s or training_seconds missing")
-    elif trained > budget * (1 + slack):
-        problems.append(f"training_seconds {trained:.3f} exceeds budget_s {budget} (+{slack:.0%} slack)")
-    return problems

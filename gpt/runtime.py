@@ -166,7 +166,8 @@ synchronize = machine.synchronize
 class BudgetClock:
     """Training time, excluding the first EXCLUDED_STEPS steps. `done` stops before a step would overrun the budget,
     predicting its length as 1.25 x the slowest of the last three counted steps; a step slowed by other load on the
-    machine can still overrun it a little (see evaluate.verify_result's slack)."""
+    machine can still overrun it a little (the evaluate node allows the budget x trials.launcher.OVERRUN_FACTOR + 1 s
+    + two mean steps)."""
 
     budget_s: float
     device: str

@@ -3,6 +3,7 @@ file the training ran with; what a training writes about it in its result is nev
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,3 +68,20 @@ def test_an_outcome_without_the_executors_hash_is_refused(tmp_path: Path) -> Non
     state = {"batch": [{"id": "e0001"}], "outcomes": [{"ok": True, "result": result}], "experiments": []}
     (checked,) = evaluate(state, SimpleNamespace(context=ctx))["outcomes"]  # type: ignore[arg-type]
     assert checked["status"] == "crash" and "locked evaluator" in checked["error"]
+
+
+def test_one_rule_for_a_result_the_parent_accepts() -> None:
+    """The overrun allowance and the result check exist once (nodes/evaluate.py with trials/launcher.py's factor),
+    not again with another slack in the evaluator that the training process imports."""
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in root.glob("*/**/*.py"):
+        if path.parts[len(root.parts)] in ("tests", "build", "runs", "scripts") or ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            if isinstance(node, ast.FunctionDef):
+                names = [node.name]
+            found |= {(str(path.relative_to(root)), n) for n in names if "SLACK" in n or "OVERRUN" in n}
+            found |= {(str(path.relative_to(root)), n) for n in names if n in ("verify_result", "check_result")}
+    assert found == {("trials/launcher.py", "OVERRUN_FACTOR"), ("nodes/evaluate.py", "check_result")}
