@@ -53,7 +53,7 @@ def propose_figures(run_dir: Path, space: SearchSpace) -> dict[str, Any]:
     """From an inner run's trace: first answers valid, proposals from the model, no-op/repeat-free share, seconds."""
     calls = [c for c in events(run_dir, "llm_call") if c["node"].startswith(("propose", "mechanism:"))]
     firsts = [c for c in calls if c["attempt"] == 1]
-    experiments = sorted(events(run_dir, "experiment"), key=lambda e: e["iteration"])
+    experiments = Ledger(run_dir).experiments()
     proposals = [e for e in experiments if e["iteration"] > 0]
     seen: set[str] = set()
     fresh = 0
@@ -101,7 +101,7 @@ def outer_calls(llm: Any, root: Path, trace_run: Path, style: str, calls: int, s
     outer = OuterContext(
         inner=ctx, level="2", segment=config.segment, generate_mode="compose", inner_graph_mermaid="(the inner graph)"
     )
-    experiments = sorted(events(trace_run, "experiment"), key=lambda e: e["iteration"])
+    experiments = Ledger(trace_run).experiments()
     active = {"id": "llm_greedy@start", "name": "llm_greedy", "origin": "builtin", "target": "propose"}
     cuts = [max(2, round(len(experiments) * (k + 1) / calls)) for k in range(calls)]
     for cycle, cut in enumerate(cuts, start=1):

@@ -29,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from checkpoints import trace  # noqa: E402
+
 # A mechanism as a capable model writes it: a coordinate step on the least-tried free parameter.
 MECHANISM = """NAME = "coordinate"
 TARGET = "propose"
@@ -106,14 +108,7 @@ def run_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def trace_kinds(run_dir: Path) -> list[str]:
-    path = run_dir / "trace.jsonl"
-    kinds = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        try:
-            kinds.append(str(json.loads(line)["kind"]))
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return kinds
+    return [str(e["kind"]) for e in trace.read(run_dir).events if "kind" in e]
 
 
 def wait_started(proc: subprocess.Popen[bytes], run_dir: Path, starts_before: int, timeout_s: float = 120.0) -> None:
@@ -225,7 +220,7 @@ def soak(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 def check(run_dir: Path, total: int, *, synthetic: bool) -> dict[str, Any]:
     """The ledger's consistency: every experiment once in the trace, in results.tsv and in the checkpoint."""
-    events = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines() if line.strip()]
+    events = trace.read(run_dir).events  # every record, duplicates included: what this check counts
     decided = [e for e in events if e["kind"] == "experiment"]
     ids = [e["id"] for e in decided]
     expected = [f"e{i:04d}" for i in range(total)]
