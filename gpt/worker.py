@@ -38,6 +38,7 @@ def preload(corpus: str | None, vocab_size: int | None) -> str | None:
 
     from gpt import evaluate, prepare, runtime  # noqa: F401
 
+    warm_compiler()
     if corpus is None:
         return None
     vocab_size = vocab_size or prepare.DEFAULT_VOCAB_SIZE
@@ -52,6 +53,19 @@ def preload(corpus: str | None, vocab_size: int | None) -> str | None:
 
     prepare.load_data = load_data  # type: ignore[assignment]
     return None
+
+
+def warm_compiler() -> None:
+    """What inductor works out once per process on a training's first compile, worked out here for every fork: the
+    CPU's vector instruction sets (it builds probe libraries and loads each in a fresh interpreter: ten subprocesses)
+    and the hash of torch's own sources. Neither runs a tensor operation. A failure is left to each trial."""
+    try:
+        from torch._inductor import codecache, cpu_vec_isa
+
+        cpu_vec_isa.valid_vec_isa_list()
+        codecache.torch_key()
+    except Exception:  # noqa: BLE001 (an optimisation only: the trial computes them itself)
+        pass
 
 
 def _die_with_parent() -> None:

@@ -114,3 +114,15 @@ def test_a_malformed_request_is_answered_and_the_worker_goes_on(
     script = copy_train(tmp_path / "e", **TINY)
     worker.submit(script, *_args(env, script.parent / "result.json"))
     assert worker.wait() == 0
+
+
+def test_the_worker_works_out_the_compilers_per_process_facts_once_for_every_fork():
+    """The vector-ISA probes (ten subprocesses) are done by the worker before it forks, not by each trial."""
+    code = (
+        "from gpt.worker import preload\n"
+        "preload(None, None)\n"
+        "from torch._inductor import cpu_vec_isa\n"
+        "print(cpu_vec_isa.valid_vec_isa_list.cache_info().currsize)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["1"], out.stderr[-2000:]
