@@ -140,8 +140,10 @@ class GPT(nn.Module):
         for i, block in enumerate(self.block_list):
             x = block(self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0, cos, sin)
         logits = self.head(norm(x)).float()
-        if self.softcap > 0:
+        if self.softcap > 0 and torch.is_grad_enabled():
             logits = self.softcap * torch.tanh(logits / self.softcap)
+        elif self.softcap > 0:  # evaluation: the same three operations in place, no new (B, T, vocab) tensors
+            logits = logits.div_(self.softcap).tanh_().mul_(self.softcap)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -202,3 +202,29 @@ def test_the_figure_does_not_depend_on_the_evaluation_batch(
             p.add_(torch.randn_like(p) * 0.02)
     figures = {rows: evaluate.evaluate_bpb(model, data, 4096, 128, rows, "cpu") for rows in (4, 16, 32)}
     assert figures[4] == pytest.approx(figures[16], rel=1e-6) and figures[16] == pytest.approx(figures[32], rel=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_evaluation_computes_the_same_logits_as_training(autocast: bool) -> None:
+    """Without a gradient the soft-cap runs in place (no new logits tensors): bit for bit what training computes."""
+    import contextlib
+
+    import torch
+
+    from gpt import train as T
+
+    torch.manual_seed(0)
+    model = T.GPT(256, 2, 64, 32, 64, 15.0)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # logits large enough for the cap to bite
+    idx = torch.randint(0, 256, (4, 64))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with amp:
+        trained = model(idx)
+        with torch.no_grad():
+            evaluated = model(idx)
+    assert trained.requires_grad and not evaluated.requires_grad
+    assert trained.abs().max() > 10  # the cap is active
+    assert torch.equal(trained.detach(), evaluated)
