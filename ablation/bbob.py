@@ -31,7 +31,7 @@ from typing import Any
 import ioh
 import optuna
 
-from ablation.stats import bootstrap_ci, mean_sd
+from ablation.stats import bootstrap_ci, holm, mean_sd, paired_comparison
 from checkpoints.run_folder import write_atomic, write_json_atomic
 from mechanisms.base import (
     MechanismSpec,
@@ -49,6 +49,7 @@ from mechanisms.space import Param, SearchSpace
 LOW, HIGH = -5.0, 5.0
 PRECISION_RANGE = (1e-8, 1e2)
 NO_LLM_MECHANISMS = ("random_search", "tpe", "cma_es", "local_search")
+REFERENCE = "cma_es"  # the paired comparisons are against CMA-ES, the strongest classical baseline here
 NOT_RUN = {
     "llm_greedy": "asks the LLM for every proposal",
     "tabu": "asks the LLM first (its own perturbation only after refusals)",
@@ -305,18 +306,39 @@ def analyse(results: list[dict[str, Any]], settings: BbobSettings) -> dict[str, 
             "fallbacks": sum(r.get("fallbacks", 0) for r in mine),
             "seconds": sum(r["seconds"] for r in results if r["method"] == method),
         }
+    paired_against_reference(results, cells)
     return {
         "settings": {k: getattr(settings, k) for k in ("functions", "instances", "seeds", "budget", "dimension")},
         "functions": {str(f): n for f, n in functions.items()},
         "methods": cells,
+        "reference": REFERENCE,
         "not_run": {k: v for k, v in NOT_RUN.items() if not any(k in m.split("+") for m in settings.methods)},
         "runs": results,
     }
 
 
+def paired_against_reference(results: list[dict[str, Any]], cells: dict[str, dict[str, Any]]) -> None:
+    """Each method's regret against the reference's on the same runs (function, instance, seed): the mean paired
+    difference with a bootstrap interval and a permutation p, Holm-adjusted over the methods (`vs_reference`)."""
+    by_run = {(r["method"], r["function"], r["instance"], r["seed"]): r["regret"] for r in results}
+    keys = sorted({k[1:] for k in by_run if k[0] == REFERENCE})
+    if not keys:
+        return
+    others = [m for m in cells if m != REFERENCE and all((m, *k) in by_run for k in keys)]
+    comparisons = {
+        m: paired_comparison([by_run[(m, *k)] for k in keys], [by_run[(REFERENCE, *k)] for k in keys]) for m in others
+    }
+    adjusted = holm({m: c.permutation_p for m, c in comparisons.items()})
+    for method, c in comparisons.items():
+        cells[method]["vs_reference"] = {
+            "n": c.n, "mean_diff": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "holm_p": adjusted[method]
+        }  # fmt: skip
+
+
 def table(figures: dict[str, Any]) -> str:
     s = figures["settings"]
-    fns = figures["functions"]
+    fns = dict(sorted(figures["functions"].items(), key=lambda kv: int(kv[0])))  # JSON keeps them as sorted text
+    ref = figures.get("reference", REFERENCE)
     head = " | ".join(f"f{f} {name}" for f, name in fns.items())
     lines = [
         f"# BBOB, d = {s['dimension']}: {s['budget']} evaluations per run\n",
@@ -324,13 +346,21 @@ def table(figures: dict[str, Any]) -> str:
         f"({len(s['instances']) * s['seeds']} runs per method and function); every method starts at the centre",
         "- normalised regret r = (log10(clip(f_best − f_opt, 1e-8, 1e2)) + 8) / 10 (0 best); AOCC = mean over the "
         "evaluations of 1 − r of the best so far (1 best); mean [bootstrap 95 % CI] over runs\n",
-        f"| method | regret, all | AOCC, all | {head} | fallback steps |",
-        "|---" * (4 + len(fns)) + "|",
+        f"| method | regret, all | AOCC, all | regret vs {ref} (paired), Holm p | {head} | fallback steps |",
+        "|---" * (5 + len(fns)) + "|",
     ]
     for method, cell in sorted(figures["methods"].items(), key=lambda kv: kv[1]["overall"]["regret"]["mean"]):
         o = cell["overall"]
         per_fn = " | ".join(f"{cell['functions'][f]['regret']['mean']:.3f}" for f in fns)
-        lines.append(f"| {method} | {_ci(o['regret'])} | {_ci(o['aocc'])} | {per_fn} | {cell['fallbacks']} |")
+        vs = cell.get("vs_reference")
+        paired = (
+            f"{vs['mean_diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], p {vs['holm_p']:.3f}"
+            if vs
+            else ("reference" if method == ref else "—")
+        )
+        lines.append(
+            f"| {method} | {_ci(o['regret'])} | {_ci(o['aocc'])} | {paired} | {per_fn} | {cell['fallbacks']} |"
+        )
     lines.append("\nPer-function columns: mean normalised regret.")
     if figures["not_run"]:
         lines.append("\nNot run: " + "; ".join(f"{k} ({v})" for k, v in figures["not_run"].items()) + ".")

@@ -89,6 +89,12 @@ def test_the_cli_writes_the_table_and_never_reruns_a_run(tmp_path: Path) -> None
     assert cell["n"] == 2 and not math.isnan(cell["mean"])
     text = (tmp_path / "bbob.md").read_text()
     assert "| cma_es |" in text and "f15 Rastrigin" in text and "Not run: llm_greedy" in text
+    # every other method against CMA-ES on the same runs: the mean of the per-run regret differences
+    by_run = {(r["method"], r["function"], r["seed"]): r["regret"] for r in figures["runs"]}
+    diffs = [by_run[("local_search", f, s)] - by_run[("cma_es", f, s)] for f in (1, 15) for s in (0, 1)]
+    vs = figures["methods"]["local_search"]["vs_reference"]
+    assert vs["n"] == 4 and vs["mean_diff"] == pytest.approx(sum(diffs) / 4) and vs["ci_low"] <= vs["ci_high"]
+    assert "vs_reference" not in figures["methods"]["cma_es"] and "| cma_es | " in text and "reference |" in text
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     assert cli.main_bbob([*args, "--methods", "cma_es,local_search,optuna_random"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == before
