@@ -32,8 +32,10 @@ class PageError(ValueError):
     """The page or one of its sources cannot be read as the markers say; nothing was written."""
 
 
-def _figures(source: Path, name: str, nested: str) -> dict[str, Any]:
-    for path in (source / name, source / nested / name, source):
+def _figures(source: Path, name: str, nested: str | None = None) -> dict[str, Any]:
+    """The JSON object `name` in `source` (or in its `nested` folder), or `source` itself when it is that file."""
+    candidates = [source / name, *([source / nested / name] if nested else []), source]
+    for path in candidates:
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
@@ -42,7 +44,8 @@ def _figures(source: Path, name: str, nested: str) -> dict[str, Any]:
             if not isinstance(data, dict):
                 raise PageError(f"{path}: a JSON {type(data).__name__}, not an object")
             return data
-    raise PageError(f"{source}: no {name} there or in {nested}/ (run the command that measures it first)")
+    where = f" or in {nested}/" if nested else ""
+    raise PageError(f"{source}: no {name} there{where} (run the command that measures it first)")
 
 
 def _table_lines(markdown: str) -> list[str]:
@@ -73,7 +76,7 @@ KINDS: dict[str, Callable[[Path], list[str]]] = {
     "cost": _ablation(report.cost_table),
     "sources": _ablation(report.source_lines),
     "mechanisms": _ablation(report.mechanism_lines),
-    "bbob": lambda source: _table_lines(bbob.table(_figures(source, "bbob.json", "."))),
+    "bbob": lambda source: _table_lines(bbob.table(_figures(source, "bbob.json"))),
     "imp": lambda source: _table_lines(imp.table(_figures(source, "imp.json", "report"))),
 }
 
