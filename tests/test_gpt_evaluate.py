@@ -71,3 +71,24 @@ def test_a_changed_evaluator_file_changes_the_hash(tmp_path: Path, monkeypatch: 
     tampered = evaluate.evaluator_sha256()
     monkeypatch.undo()
     assert tampered != evaluate.evaluator_sha256()
+
+
+class RandomLogits(torch.nn.Module):
+    """Logits that differ at every position, drawn from the input ids: the cross-entropy of each target matters."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)) * 3)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[idx]
+
+
+def test_cross_entropy_in_chunks_gives_the_same_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CE_ROWS only splits the work: chunks of 7 positions (the last one short) score exactly what one chunk does."""
+    data, model = toy_data(), RandomLogits(8)
+    whole = evaluate.evaluate_bpb(model, data, eval_tokens=300, seq_len=64, batch_size=3)
+    monkeypatch.setattr(evaluate, "CE_ROWS", 7)
+    chunked = evaluate.evaluate_bpb(model, data, eval_tokens=300, seq_len=64, batch_size=3)
+    assert chunked == whole
+    assert whole != evaluate.evaluate_bpb(Uniform(8), data, eval_tokens=300, seq_len=64, batch_size=3)
