@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -104,3 +105,25 @@ def test_the_cpu_of_a_trial_reaped_by_the_worker_is_not_counted_as_other_load() 
     after = CpuSnapshot(at=10.0, machine_busy_s=11.0, self_s=0.5, children_s=0.0, cpus=2)  # 10.5 s nobody reaped
     assert other_share(before, after) == pytest.approx(10.5 / 20)  # without the worker's report: looks like load
     assert other_share(before, after, own_extra_s=10.0) == pytest.approx(0.5 / 20)
+
+
+def test_the_worker_warms_the_compiler_without_starting_a_thread_a_fork_would_lose() -> None:
+    """warm_first_compile runs tensor operations in the worker: on one thread, so OpenMP starts no pool (a pool's
+    threads do not survive a fork, and a child waiting on them hangs), and without tqdm's monitor thread. The
+    process's threads before and after are the same, its thread setting is given back, and the function it compiled
+    ran (dynamo counted its graph: no error was swallowed)."""
+    probe = (
+        "import os, torch, torch._dynamo.utils as u\n"
+        "from gpt import worker\n"
+        "torch.set_num_threads(2)\n"
+        "before = sorted(os.listdir('/proc/self/task'))\n"
+        "worker.warm_first_compile()\n"
+        "after = sorted(os.listdir('/proc/self/task'))\n"
+        "print(before == after, u.counters['stats']['unique_graphs'], torch.get_num_threads())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    same_threads, graphs, threads = run.stdout.split()
+    assert same_threads == "True"
+    assert int(graphs) >= 1
+    assert threads == "2"
