@@ -84,7 +84,7 @@ def warm_first_compile() -> None:
         import torch.nn.functional as F
 
         try:
-            import tqdm
+            import tqdm  # type: ignore[import-untyped]
 
             tqdm.tqdm.monitor_interval = 0  # inductor's progress bars would start tqdm's monitor thread
         except ImportError:
