@@ -12,6 +12,9 @@ import numpy as np
 from ablation.stats import bootstrap_ci, holm, paired_comparison, share_test, summarise
 
 REFERENCE = "A"
+# the model-free groups every other group is paired against as well: a search that needs no model at all, at the same
+# number of trainings, is the bar a mechanism claim has to clear
+PAIRED_BASELINES = ("local", "cmaes")
 LEVELS = ("L1", "L1.5", "L2")
 
 
@@ -160,4 +163,24 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     family = {g: e["vs_A"]["permutation_p"] for g, e in groups.items() if "vs_A" in e}
     for g, p in holm(family).items():
         groups[g]["vs_A"]["holm_p"] = p
-    return {"noise": noise, "groups": groups}
+    return {"noise": noise, "groups": groups, "vs_baselines": against_baselines(by_group)}
+
+
+def against_baselines(by_group: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every group that is not itself a baseline, paired on Δ against each baseline that ran (by repeat, so by seed);
+    the p-values of all these comparisons adjusted together (Holm)."""
+    rows: list[dict[str, Any]] = []
+    for base in PAIRED_BASELINES:
+        reference = {r["repeat"]: r["delta"] for r in by_group.get(base, []) if r["delta"] is not None}
+        if not reference:
+            continue
+        for group, runs in by_group.items():
+            paired = [r for r in runs if r["delta"] is not None and r["repeat"] in reference]
+            if group in PAIRED_BASELINES or not paired:
+                continue
+            comparison = paired_comparison([r["delta"] for r in paired], [reference[r["repeat"]] for r in paired])
+            rows.append({"group": group, "baseline": base, **comparison.to_dict()})
+    adjusted = holm({f"{r['group']}|{r['baseline']}": r["permutation_p"] for r in rows})
+    for r in rows:
+        r["holm_p"] = adjusted[f"{r['group']}|{r['baseline']}"]
+    return rows

@@ -6,11 +6,12 @@ A table's place in the page is a pair of comments that name its kind and its sou
     (replaced)
     <!-- /table -->
 
-Kinds: `main`, `confirmed`, `cost`, `sources`, `mechanisms` (an ablation's tables, from the `figures.json` that
-`ablation report` writes: the source is the ablation folder or the report folder holding it), `bbob` (a BBOB
-folder's `bbob.json`) and `imp` (an `imp.json`, or the ablation folder whose report/ holds one). A source path is
-relative to the current directory (the repository root). Everything between the two comments is replaced; the
-page's own text around them is left as it is. `--check` changes nothing and exits 1 when the page is out of date.
+Kinds: `main`, `confirmed`, `baselines`, `cost`, `sources`, `mechanisms` (an ablation's tables, from the
+`figures.json` that `ablation report` writes: the source is the ablation folder or the report folder holding it),
+`bbob` (a BBOB folder's `bbob.json`) and `imp` (an `imp.json`, or the ablation folder whose report/ holds one). A
+source path is relative to the current directory (the repository root). Everything between the two comments is
+replaced; the page's own text around them is left as it is. `--check` changes nothing and exits 1 when the page
+is out of date.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _ablation(render: Callable[[dict[str, Any]], list[str]]) -> Callable[[Path],
 KINDS: dict[str, Callable[[Path], list[str]]] = {
     "main": _ablation(report.main_table),
     "confirmed": _ablation(report.confirmed_lines),
+    "baselines": _ablation(report.baseline_lines),
     "cost": _ablation(report.cost_table),
     "sources": _ablation(report.source_lines),
     "mechanisms": _ablation(report.mechanism_lines),

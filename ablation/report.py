@@ -102,6 +102,26 @@ def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def baseline_lines(analysis: dict[str, Any]) -> list[str]:
+    """Every group against each model-free baseline (Δ, paired by seed), Holm-adjusted over all these comparisons."""
+    rows = analysis.get("vs_baselines") or []
+    if not rows:
+        return []
+    lines = [
+        "\n**Against the model-free baselines** (Δ, paired by seed; Holm over every row)\n",
+        "| group | baseline | pairs | mean diff [95% CI] | Wilcoxon p | permutation p | Holm p | d_z "
+        "| detectable diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['group']} | {r['baseline']} | {r['n']} | {r['mean_diff']:+.4f} {ci(r['ci_low'], r['ci_high'])} "
+            f"| {f(r['wilcoxon_p'], 3)} | {f(r['permutation_p'], 3)} | {f(r['holm_p'], 3)} "
+            f"| {f(r['cohens_dz'], 2)} | {f(r['detectable_diff'], 3)} |"
+        )
+    return lines
+
+
 def cost_table(analysis: dict[str, Any]) -> list[str]:
     head = " | ".join(f"{level} calls | {level} tokens | {level} LLM s" for level in LEVELS)
     lines = [f"| group | {head} | training s | run wall s |", "|---" * (2 + 3 * len(LEVELS) + 1) + "|"]
@@ -218,6 +238,7 @@ def write_ablation_report(root: Path) -> Path:
         "two-sided paired t-test at the 5 % level would find with 80 % power at this number of pairs and this "
         "spread of the differences — what a null result rules out.",
         *confirmed_lines(analysis),
+        *baseline_lines(analysis),
         "\n![running best](running_best.png)\n\n![deltas](deltas.png)\n\n![progress](progress.png)",
         "\n## LLM use and time per level (means per run)\n",
         *cost_table(analysis),

@@ -127,6 +127,11 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     text = report.read_text()
     assert "| random | 2 |" in text and "Noise floor" in text and "Where the proposals came from" in text
     assert "Confirmed Δ, paired against A" in text
+    pairs = {(r["group"], r["baseline"]) for r in figures["vs_baselines"]}
+    baselines = [b for b in ("local", "cmaes") if b in GROUP_NAMES]
+    assert pairs == {(g, b) for b in baselines for g in GROUP_NAMES if g not in ("local", "cmaes")}
+    assert all(r["n"] == 2 and r["holm_p"] >= r["permutation_p"] for r in figures["vs_baselines"])
+    assert "Against the model-free baselines" in text
     assert elapsed < 120, elapsed
 
 
