@@ -190,7 +190,7 @@ class BudgetClock:
         dt = time.perf_counter() - t0
         self.steps += 1
         self.total_tokens += tokens
-        if self.steps > EXCLUDED_STEPS.get(self.device, 2):
+        if self.steps > EXCLUDED_STEPS[self.device]:
             self.training_seconds += dt
             self.counted_tokens += tokens
             self.recent = (self.recent + [dt])[-3:]

@@ -43,7 +43,6 @@ def preload(corpus: str | None, vocab_size: int | None) -> str | None:
     warm_compiler()
     warm_first_compile()
     if corpus is None:
-        gc.freeze()
         return None
     vocab_size = vocab_size or prepare.DEFAULT_VOCAB_SIZE
     try:
@@ -56,7 +55,6 @@ def preload(corpus: str | None, vocab_size: int | None) -> str | None:
         return loaded if (c, v) == (corpus, vocab_size) else load(c, v)
 
     prepare.load_data = load_data  # type: ignore[assignment]
-    gc.freeze()  # what is loaded stays: no trial's garbage collection walks it (or copies its pages)
     return None
 
 
@@ -186,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     started = time.time()
     data_error = preload(args.corpus, args.vocab_size)
+    gc.freeze()  # what is loaded stays: no trial's garbage collection walks it (or copies its pages)
     ready = {"ready": True, "preload_seconds": round(time.time() - started, 3), "data_error": data_error}
     print(json.dumps(ready), flush=True)
     serve(sys.stdin, sys.stdout)

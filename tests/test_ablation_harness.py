@@ -26,6 +26,7 @@ from support import SyntheticExecutor, change  # noqa: E402
 
 from ablation import cli  # noqa: E402
 from ablation.collect import experiments, mechanism_use, time_use  # noqa: E402
+from ablation.figures import PAIRED_BASELINES  # noqa: E402
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, embedded_model, with_seed  # noqa: E402
 from ablation.pack import pack  # noqa: E402
 from ablation.report import write_ablation_report  # noqa: E402
@@ -128,8 +129,8 @@ def test_smoke_ablation_of_every_group_with_report(tmp_path) -> None:
     assert "| random | 2 |" in text and "Noise floor" in text and "Where the proposals came from" in text
     assert "Confirmed Δ, paired against A" in text
     pairs = {(r["group"], r["baseline"]) for r in figures["vs_baselines"]}
-    baselines = [b for b in ("local", "cmaes") if b in GROUP_NAMES]
-    assert pairs == {(g, b) for b in baselines for g in GROUP_NAMES if g not in ("local", "cmaes")}
+    baselines = [b for b in PAIRED_BASELINES if b in GROUP_NAMES]
+    assert pairs == {(g, b) for b in baselines for g in GROUP_NAMES if g not in PAIRED_BASELINES}
     assert all(r["n"] == 2 and r["holm_p"] >= r["permutation_p"] for r in figures["vs_baselines"])
     assert "Against the model-free baselines" in text
     assert elapsed < 120, elapsed
