@@ -7,6 +7,7 @@
     python -m graphs.bilevel ablation sample --points 56 --replicates 4 --budget-s 20
     python -m graphs.bilevel ablation fit [--csv ablation/data/surrogate_samples.csv]
     python -m graphs.bilevel ablation pack runs/ablation-surrogate docs/results/ablation-surrogate.tar.gz
+    python -m graphs.bilevel ablation unpack docs/results/ablation-real-8.tar.gz runs/ablation-real-8   # then resume
     python -m graphs.bilevel ablation imp runs/ablation-surrogate --k 10 --seeds 10
     python -m graphs.bilevel ablation bbob --functions 1,8,15,21 --instances 1,2 --seeds 3 --budget 100
     python -m graphs.bilevel ablation page docs/results.md [--check]
@@ -18,6 +19,7 @@ import argparse
 import os
 import resource
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from ablation.harness import GROUP_NAMES, Ablation, AblationSpec, spec_defaults
-from ablation.pack import pack
+from ablation.pack import PackError, pack, unpack
 from ablation.plots import plot_surrogate_check
 from ablation.report import write_ablation_report
 from ablation.sampling import DEFAULT_CSV, collect_samples
@@ -37,6 +39,8 @@ from graphs.runner import executor_for
 from trials.launcher import Executor, TrainerSettings, Trial
 from trials.machine_load import wait_for_quiet
 from trials.surrogate import load_model
+
+MAX_RETRAINS = 3  # --retrain-above: trainings of one trial set aside as contended, at most
 
 console = Console()
 
@@ -171,23 +175,77 @@ def add_runtime_flags(ap: argparse.ArgumentParser) -> None:
         help="before each training, wait until everything else uses less than SHARE of the CPU (e.g. 0.1; Linux; "
         "each training records the share measured while it ran either way)",
     )
+    ap.add_argument(
+        "--retrain-above",
+        type=float,
+        metavar="SHARE",
+        help="train again (same trial, same seed; after waiting for --quiet-below) a training during which everything "
+        f"else used more than SHARE of the CPU, at most {MAX_RETRAINS} times; the set-aside attempts are kept in the "
+        "trial's folder under contended/ and listed in its outcome (e.g. 0.05)",
+    )
 
 
 class PausingExecutor:
     """The run's own executor, waiting before each trial while another engineer's benchmark runs and, with
-    ``quiet_below``, until everything else uses less than that share of the machine's CPU."""
+    ``quiet_below``, until everything else uses less than that share of the machine's CPU. With ``retrain_above``,
+    a training during which everything else used more than that share was measured under contention — a fixed
+    wall-clock budget then measures the machine, not the configuration — so it is set aside and trained again."""
 
-    def __init__(self, inner: Executor, pattern: str | None, quiet_below: float | None = None) -> None:
+    def __init__(
+        self,
+        inner: Executor,
+        pattern: str | None,
+        quiet_below: float | None = None,
+        retrain_above: float | None = None,
+        max_retrains: int = MAX_RETRAINS,
+    ) -> None:
         self.inner, self.pattern, self.quiet_below = inner, pattern, quiet_below
+        self.retrain_above, self.max_retrains = retrain_above, max_retrains
 
     def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
-        wait_while(self.pattern)
-        if self.quiet_below is not None:
-            wait_for_quiet(self.quiet_below, log=console.print)
-        return self.inner.run(trial, settings)
+        contended: list[dict[str, Any]] = []
+        while True:
+            wait_while(self.pattern)
+            if self.quiet_below is not None:
+                wait_for_quiet(self.quiet_below, log=console.print)
+            outcome = self.inner.run(trial, settings)
+            share = outcome.get("other_cpu_share")
+            if self.retrain_above is None or share is None or share <= self.retrain_above:
+                break
+            if len(contended) >= self.max_retrains:
+                console.print(f"{trial.experiment_id}: still contended after {len(contended)} retrainings; kept")
+                break
+            contended.append(set_aside(trial.folder, outcome, len(contended)))
+            console.print(
+                f"{trial.experiment_id}: everything else used {share:.0%} of the CPU while it trained "
+                f"(more than {self.retrain_above:.0%}); set aside, training it again"
+            )
+        return {**outcome, "contended": contended} if contended else outcome
 
     def run_batch(self, trials: list[Trial], settings: TrainerSettings) -> list[dict[str, Any]]:
         return [self.run(trial, settings) for trial in trials]
+
+
+def set_aside(folder: Path, outcome: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """Move a contended attempt's log and result to ``folder``/contended/a<N>/; what the outcome records of it."""
+    target = folder / "contended" / f"a{attempt}"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("log.txt", "result.json"):
+        if (folder / name).exists():
+            os.replace(folder / name, target / name)
+    result = outcome.get("result")
+    result = result if isinstance(result, dict) else {}
+    record = {
+        "attempt": attempt,
+        "other_cpu_share": outcome.get("other_cpu_share"),
+        "ok": outcome.get("ok"),
+        "val_bpb": result.get("val_bpb"),
+        "num_steps": result.get("num_steps"),
+        "wall_seconds": outcome.get("wall_seconds"),
+        "error": outcome.get("error"),
+    }
+    write_json_atomic(target / "outcome.json", record)
+    return record
 
 
 def main_run(argv: list[str]) -> int:
@@ -229,9 +287,9 @@ def finish(ablation: Ablation, args: argparse.Namespace) -> int:
         f"{ablation.spec.repeats} repeats, trainer {ablation.spec.executor}"
     )
     executor = None
-    if args.pause_while or args.quiet_below is not None:
+    if args.pause_while or args.quiet_below is not None or args.retrain_above is not None:
         inner = executor_for(ablation.spec.run_config(ablation.root, "A", 0))
-        executor = PausingExecutor(inner, args.pause_while, args.quiet_below)
+        executor = PausingExecutor(inner, args.pause_while, args.quiet_below, args.retrain_above)
     done = ablation.run(executor=executor, stop_after_s=args.stop_after_s, workers=args.workers, log=console.print)
     report = write_ablation_report(ablation.root)
     console.print(f"report: [bold]{report}[/]" + ("" if done else " (partial: resume to finish)"))
@@ -288,6 +346,26 @@ def main_pack(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     files = pack(args.out, args.archive)
     console.print(f"{len(files)} files, {args.archive.stat().st_size / 1e6:.1f} MB: [bold]{args.archive}[/]")
+    return 0
+
+
+def main_unpack(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m graphs.bilevel ablation unpack",
+        description="an ablation's pack as a resumable folder: finished runs kept, unfinished ones reset to pending",
+    )
+    ap.add_argument("archive", type=Path, help="the .tar.gz that `ablation pack` wrote")
+    ap.add_argument("out", type=Path, help="the ablation folder to create")
+    args = ap.parse_args(argv)
+    try:
+        runs = unpack(args.archive, args.out)
+    except (PackError, OSError, tarfile.TarError) as e:
+        console.print(f"[red]{args.archive}: {e}[/]")
+        return 2
+    console.print(
+        f"{args.out}: {len(runs['kept'])} runs finished, {len(runs['reset'])} reset to pending "
+        f"({', '.join(runs['reset']) or 'none'}); continue with `ablation resume {args.out}`"
+    )
     return 0
 
 
@@ -386,6 +464,7 @@ COMMANDS = {
     "report": main_ablation_report,
     "fit": main_fit,
     "pack": main_pack,
+    "unpack": main_unpack,
     "worker": main_worker,
     "imp": main_imp,
     "bbob": main_bbob,

@@ -36,13 +36,14 @@ LOADED_SHARE = 0.15  # a training during which everything else used more of the 
 
 def machine_load(root: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What the trainings recorded of the machine's other CPU use while they ran (``other_cpu_share``, written by
-    the local executor): how many recorded it, the median and largest share, and the trainings above LOADED_SHARE."""
-    shares: dict[str, Any] = {
-        f"noise/{p.parent.name}": (read_outcome_file(p) or {}).get("other_cpu_share")
-        for p in sorted(root.glob("noise/n*/outcome.json"))
-    }
+    the local executor): how many recorded it, the median and largest share, the trainings above LOADED_SHARE, and
+    how many were trained again after attempts set aside as contended (``--retrain-above``)."""
+    noise = {f"noise/{p.parent.name}": read_outcome_file(p) or {} for p in sorted(root.glob("noise/n*/outcome.json"))}
+    shares: dict[str, Any] = {where: o.get("other_cpu_share") for where, o in noise.items()}
+    contended = {where: len(o.get("contended") or []) for where, o in noise.items()}
     for run in runs:
         shares.update({f"{run['id']}/{where}": share for where, share in run["cpu_shares"].items()})
+        contended.update({f"{run['id']}/{where}": n for where, n in run.get("contended", {}).items()})
     measured = {where: float(v) for where, v in shares.items() if isinstance(v, int | float)}
     values = sorted(measured.values())
     loaded = sorted(((where, v) for where, v in measured.items() if v > LOADED_SHARE), key=lambda item: -item[1])
@@ -53,6 +54,9 @@ def machine_load(root: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max": values[-1] if values else None,
         "threshold": LOADED_SHARE,
         "loaded": [[where, v] for where, v in loaded],
+        # --retrain-above: trainings measured under contention, set aside and trained again (not in the figures)
+        "retrained": sum(n > 0 for n in contended.values()),
+        "set_aside": sum(contended.values()),
     }
 
 
@@ -200,6 +204,8 @@ def run_record(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
         "confirm_crashes": sum(v is None for v in confirm),
         "cpu_shares": {e["id"]: e.get("other_cpu_share") for e in records}
         | {f"confirm/{name}": (o or {}).get("other_cpu_share") for name, o in confirmations.items()},
+        "contended": {e["id"]: len(e.get("contended") or []) for e in records}
+        | {f"confirm/{name}": len((o or {}).get("contended") or []) for name, o in confirmations.items()},
     }
 
 

@@ -1,16 +1,25 @@
 """`ablation pack DIR OUT.tar.gz`: the evidence of an ablation without its bulk — the manifest, the surrogate's fit,
-the noise floor, and per run its settings, trace, summary, results table and confirmations. The report regenerates
-from an unpacked pack alone (`ablation report`); the checkpoint databases and the experiments' files are left out
-(they are what resume needs, not what the figures are computed from)."""
+the noise floor, and per run its settings, trace, summary, results table, confirmations and the records of its
+mechanisms (what `ablation imp` measures). The report regenerates from an unpacked pack alone (`ablation report`);
+the checkpoint databases and the experiments' files are left out.
+
+`ablation unpack OUT.tar.gz DIR`: an ablation carried to another machine (or a later session) by its pack. Its
+finished runs are kept as they are; a run that had started but not finished is reset to pending and its folder
+removed — the pack holds no checkpoint to resume it from — so `ablation resume DIR` trains it again from its start,
+with the same seed, and then the runs never started. Nothing finished is ever re-run."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ablation.harness import MANIFEST, SURROGATE_FIT
+from checkpoints.run_folder import write_json_atomic
 
 RUN_FILES = ("run.json", "trace.jsonl", "summary.json", "results.tsv")
+MECHANISM_FILES = ("record.json", "source.py")  # a run's mechanisms/<id>/: what `ablation imp` starts them from
 
 
 def evidence(root: Path) -> list[Path]:
@@ -23,6 +32,7 @@ def evidence(root: Path) -> list[Path]:
     for run_dir in sorted((root / "runs").glob("*")):
         found += [run_dir.relative_to(root) / name for name in RUN_FILES]
         found += sorted(p.relative_to(root) for p in run_dir.glob("confirm/*/outcome.json"))
+        found += sorted(p.relative_to(root) for name in MECHANISM_FILES for p in run_dir.glob(f"mechanisms/*/{name}"))
     return [p for p in found if (root / p).is_file()]
 
 
@@ -34,3 +44,41 @@ def pack(root: Path, out: Path) -> list[Path]:
         for rel in files:
             tar.add(Path(root) / rel, arcname=str(Path(Path(root).resolve().name) / rel))
     return files
+
+
+class PackError(ValueError):
+    """A file that is not an ablation's pack, or one that would write outside its folder."""
+
+
+def unpack(archive: Path, dest: Path) -> dict[str, list[str]]:
+    """Extract the pack ``archive`` as the ablation folder ``dest`` (which must not exist) and make it resumable:
+    every run that is not done is reset to pending and its folder removed. Returns the runs kept and reset."""
+    dest = Path(dest)
+    if dest.exists():
+        raise PackError(f"{dest} exists; unpack into a new folder")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        tops = {PurePosixPath(m.name).parts[0] for m in members if m.name}
+        if len(tops) != 1 or f"{next(iter(tops))}/{MANIFEST}" not in {m.name for m in members}:
+            raise PackError(f"{archive} is not an ablation's pack (one folder holding {MANIFEST})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name}.unpacking"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            tar.extractall(staging, filter="data")  # refuses absolute paths, .. and links out of the folder
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    (staging / next(iter(tops))).rename(dest)
+    staging.rmdir()
+    manifest = json.loads((dest / MANIFEST).read_text())
+    kept, reset = [], []
+    for rid, run in sorted(manifest.get("runs", {}).items()):
+        if run.get("status") == "done":
+            kept.append(rid)
+            continue
+        reset.append(rid)
+        shutil.rmtree(dest / "runs" / rid, ignore_errors=True)
+        run.update(status="pending", started=None, reset_from_pack=str(archive))
+    write_json_atomic(dest / MANIFEST, manifest)
+    return {"kept": kept, "reset": reset}

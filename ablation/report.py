@@ -204,6 +204,12 @@ def load_lines(load: dict[str, Any]) -> list[str]:
     lines += [f"- {where}: {share:.1%}" for where, share in load["loaded"][:20]]
     if len(load["loaded"]) > 20:
         lines.append(f"- … and {len(load['loaded']) - 20} more (figures.json)")
+    if load.get("set_aside"):
+        lines.append(
+            f"\n{load['retrained']} trainings were trained again after {load['set_aside']} attempts set aside as "
+            "contended (everything else used more than the `--retrain-above` share while they ran); the shares and "
+            "figures above are those of the attempts kept."
+        )
     return lines
 
 

@@ -48,6 +48,7 @@ def experiment_record(item: dict[str, Any], outcome: dict[str, Any], status: str
         "error": outcome.get("error"),
         "description": description,
         **({"surrogate": outcome["surrogate"]} if outcome.get("surrogate") else {}),  # val_bpb from a fitted model
+        **({"contended": outcome["contended"]} if outcome.get("contended") else {}),  # attempts trained again
     }
 
 

@@ -1,0 +1,94 @@
+"""`ablation pack` / `ablation unpack`: an unfinished ablation carried to a new folder by its pack alone, resumed
+there to the same results, nothing finished re-run; a file that is not a pack is refused with a clear error."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ablation.harness import Ablation, AblationSpec
+from ablation.pack import PackError, pack, unpack
+from ablation.report import write_ablation_report
+from tests.support import SyntheticExecutor
+from tests.test_ablation_harness import quiet, scripted, trajectory
+from trials.launcher import TrainerSettings, Trial
+
+SPEC = AblationSpec(
+    groups=["A", "C"],
+    repeats=2,
+    iterations=4,
+    segment=2,
+    budget_s=1.0,
+    noise_repeats=2,
+    confirm=1,
+    generate_mode="compose",
+)
+
+
+class StopsAt(SyntheticExecutor):
+    """The synthetic trainer, interrupted (as by Ctrl-C or the end of a session) at one experiment of one run."""
+
+    def __init__(self, run: str, experiment: str) -> None:
+        super().__init__()
+        self.at = (run, "experiments", experiment)
+
+    def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
+        if trial.folder.parts[-3:] == self.at:
+            raise KeyboardInterrupt
+        return super().run(trial, settings)
+
+
+def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_results(tmp_path) -> None:
+    reference = Ablation.open(tmp_path / "reference", SPEC)
+    assert reference.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+
+    first = Ablation.open(tmp_path / "first", SPEC)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(llm_for=scripted(), executor=StopsAt("C-r01", "e0002"), log=quiet)
+    assert first.status("C-r01") == "running" and first.status("A-r01") == "done"
+    files = [str(f) for f in pack(first.root, tmp_path / "first.tar.gz")]
+    assert not any("checkpoints" in f or "experiments" in f for f in files)
+    assert any(f.startswith("runs/C-r00/mechanisms/") and f.endswith("record.json") for f in files)
+
+    runs = unpack(tmp_path / "first.tar.gz", tmp_path / "moved" / "abl")
+    assert runs == {"kept": ["A-r00", "A-r01", "C-r00"], "reset": ["C-r01"]}
+    moved = Ablation.open(tmp_path / "moved" / "abl")
+    assert moved.status("C-r01") == "pending" and not (moved.root / "runs" / "C-r01").exists()
+    kept_traces = {rid: (moved.root / "runs" / rid / "trace.jsonl").read_bytes() for rid in runs["kept"]}
+
+    trainer = SyntheticExecutor()
+    assert moved.run(llm_for=scripted(), executor=trainer, log=quiet)
+    # only the reset run trained (its baseline, four experiments, one confirmation); the finished ones untouched
+    assert len(trainer.runs) == 6
+    assert {rid: (moved.root / "runs" / rid / "trace.jsonl").read_bytes() for rid in runs["kept"]} == kept_traces
+    for rid in ("A-r00", "A-r01", "C-r00", "C-r01"):
+        assert trajectory(moved.root / "runs" / rid) == trajectory(reference.root / "runs" / rid)
+    assert "4/4 runs finished" in write_ablation_report(moved.root).read_text()
+
+
+def test_unpack_refuses_what_is_not_a_pack_and_an_existing_folder(tmp_path) -> None:
+    def archive(name: str, members: dict[str, bytes]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    manifest = json.dumps({"spec": {}, "runs": {}}).encode()
+    with pytest.raises(PackError, match="not an ablation's pack"):
+        unpack(archive("none.tar.gz", {"abl/other.txt": b"x"}), tmp_path / "a")
+    with pytest.raises(PackError, match="not an ablation's pack"):
+        unpack(archive("two.tar.gz", {"abl/ablation.json": manifest, "other/x": b"x"}), tmp_path / "b")
+    with pytest.raises(tarfile.TarError):  # a member that climbs out of the folder: the data filter refuses it
+        unpack(archive("climb.tar.gz", {"abl/ablation.json": manifest, "abl/../../escaped": b"x"}), tmp_path / "c")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(PackError, match="exists"):
+        unpack(archive("ok.tar.gz", {"abl/ablation.json": manifest}), tmp_path / "d")
