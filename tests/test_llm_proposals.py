@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -346,7 +347,8 @@ def test_a_call_limit_follows_the_measured_speed_and_an_abandoned_call_restarts_
     assert limited.model_kwargs["timeout"] == pytest.approx(round(timer.limit_s(300 / 3 + 16), 1))
     from uuid import uuid4
 
-    watchdog.on_llm_error(openai.APITimeoutError(request=None), run_id=uuid4())  # type: ignore[arg-type]
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    watchdog.on_llm_error(openai.APITimeoutError(request=request), run_id=uuid4())
     watchdog.on_llm_error(ValueError("not a timeout"), run_id=uuid4())
     assert server.restarts == 1 and watchdog.abandoned == 1
 
