@@ -129,6 +129,26 @@ def run_id(group: str, repeat: int) -> str:
     return f"{group}-r{repeat:02d}"
 
 
+def sitting() -> dict[str, str]:
+    """Which machine, booted when, a run trains on: its boot id (a new one on every boot of every machine) and its
+    CPU. A fixed wall-clock budget measures the machine, so the runs of one repeat are compared only when they
+    trained in one sitting (`ablation unpack` resets an unfinished repeat as a whole; the report counts sittings)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = platform.node()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")),
+            cpu,
+        )  # fmt: skip
+    except OSError:
+        pass
+    return {"boot": boot, "cpu": f"{cpu}, {os.cpu_count()} CPUs"}
+
+
 @dataclass
 class Ablation:
     """An ablation folder: its spec and manifest, and the steps that fill it."""
@@ -156,6 +176,7 @@ class Ablation:
             "processor": platform.processor(),
             "system": platform.platform(),
             "python": platform.python_version(),
+            "sitting": sitting(),  # where the noise floor trains (first, at the first `run`)
         }
         ablation.save()
         return ablation
@@ -284,6 +305,7 @@ class Ablation:
             seed=config.seed,
             status="running",
             started=self.manifest["runs"].get(rid, {}).get("started") or time.time(),
+            sitting=sitting(),
         )
 
     def run_one(self, group: str, repeat: int, chat_for: LLMFor, executor: Executor | None, trainer: Executor) -> None:

@@ -3,10 +3,12 @@ the noise floor, and per run its settings, trace, summary, results table, confir
 mechanisms (what `ablation imp` measures). The report regenerates from an unpacked pack alone (`ablation report`);
 the checkpoint databases and the experiments' files are left out.
 
-`ablation unpack OUT.tar.gz DIR`: an ablation carried to another machine (or a later session) by its pack. Its
-finished runs are kept as they are; a run that had started but not finished is reset to pending and its folder
-removed — the pack holds no checkpoint to resume it from — so `ablation resume DIR` trains it again from its start,
-with the same seed, and then the runs never started. Nothing finished is ever re-run."""
+`ablation unpack OUT.tar.gz DIR`: an ablation carried to another machine (or a later sitting) by its pack. The runs
+of every repeat whose groups all finished are kept as they are; every run of an unfinished repeat is reset to pending
+and its folder removed — the pack holds no checkpoint to resume a run from, and the runs of one repeat are compared
+with each other, so they must train on one machine in one sitting (a fixed wall-clock budget measures the machine).
+`ablation resume DIR` then trains the reset runs from their start, with the same seeds, and the runs never started.
+Nothing of a finished repeat is ever re-run."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from ablation.harness import MANIFEST, SURROGATE_FIT
+from ablation.harness import MANIFEST, SURROGATE_FIT, run_id
 from checkpoints.run_folder import write_json_atomic
 
 RUN_FILES = ("run.json", "trace.jsonl", "summary.json", "results.tsv")
@@ -52,7 +54,8 @@ class PackError(ValueError):
 
 def unpack(archive: Path, dest: Path) -> dict[str, list[str]]:
     """Extract the pack ``archive`` as the ablation folder ``dest`` (which must not exist) and make it resumable:
-    every run that is not done is reset to pending and its folder removed. Returns the runs kept and reset."""
+    every run of a repeat that is not finished in every group is reset to pending and its folder removed. Returns the
+    runs kept and reset."""
     dest = Path(dest)
     if dest.exists():
         raise PackError(f"{dest} exists; unpack into a new folder")
@@ -72,9 +75,16 @@ def unpack(archive: Path, dest: Path) -> dict[str, list[str]]:
     (staging / next(iter(tops))).rename(dest)
     staging.rmdir()
     manifest = json.loads((dest / MANIFEST).read_text())
+    runs = manifest.get("runs", {})
+    groups = manifest.get("spec", {}).get("groups", [])
+    complete = {
+        run.get("repeat")
+        for run in runs.values()
+        if all(runs.get(run_id(g, run.get("repeat", -1)), {}).get("status") == "done" for g in groups)
+    }
     kept, reset = [], []
-    for rid, run in sorted(manifest.get("runs", {}).items()):
-        if run.get("status") == "done":
+    for rid, run in sorted(runs.items()):
+        if run.get("status") == "done" and run.get("repeat") in complete:
             kept.append(rid)
             continue
         reset.append(rid)

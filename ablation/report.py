@@ -52,9 +52,36 @@ def setup_lines(data: dict[str, Any], fit: dict[str, Any] | None) -> list[str]:
         "(repeat r has the same seed in every group)",
         f"- LLM: {manifest.get('llm', spec.get('model') or 'embedded default')}",
         f"- host: {manifest.get('host', {}).get('system', '?')}; started {created}",
+        *sitting_lines(manifest),
         *([f"- surrogate samples: {fit['samples']} real trainings ({fit['crashed']} crashed)"] if fit else []),
         *(growth_line(e) for e in manifest.get("extended", [])),
     ]
+
+
+def sitting_lines(manifest: dict[str, Any]) -> list[str]:
+    """The sittings (a machine, from one boot) the finished runs trained in, and the repeats of each; a repeat that
+    spans two would compare runs measured on different machines, and is named."""
+    sittings: dict[str, dict[str, Any]] = {}
+    by_repeat: dict[int, set[str]] = {}
+    for run in manifest.get("runs", {}).values():
+        if run.get("status") != "done" or not run.get("sitting"):
+            continue
+        boot = run["sitting"]["boot"]
+        entry = sittings.setdefault(boot, {"cpu": run["sitting"]["cpu"], "repeats": set(), "first": run["started"]})
+        entry["repeats"].add(run["repeat"])
+        entry["first"] = min(entry["first"], run["started"])
+        by_repeat.setdefault(run["repeat"], set()).add(boot)
+    split = sorted(r for r, boots in by_repeat.items() if len(boots) > 1)
+    if not sittings:
+        return []
+    lines = [f"- trained in {len(sittings)} sitting{'s' * (len(sittings) > 1)} (a machine, from one boot):"]
+    for n, entry in enumerate(sorted(sittings.values(), key=lambda e: e["first"]), 1):
+        repeats = ", ".join(str(r) for r in sorted(entry["repeats"]))
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["first"]))
+        lines.append(f"  {n}. from {when}, {entry['cpu']}: repeats {repeats}")
+    if split:
+        lines.append(f"  - **repeats {', '.join(map(str, split))} span two sittings**: their runs were measured apart")
+    return lines
 
 
 def growth_line(e: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ablation.harness import Ablation, AblationSpec
+from ablation.harness import Ablation, AblationSpec, sitting
 from ablation.pack import PackError, pack, unpack
 from ablation.report import write_ablation_report
 from tests.support import SyntheticExecutor
@@ -56,19 +56,33 @@ def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_resu
     assert any(f.startswith("runs/C-r00/mechanisms/") and f.endswith("record.json") for f in files)
 
     runs = unpack(tmp_path / "first.tar.gz", tmp_path / "moved" / "abl")
-    assert runs == {"kept": ["A-r00", "A-r01", "C-r00"], "reset": ["C-r01"]}
+    # repeat 1 is unfinished (C-r01 was running): both its runs train again, together, on the new machine
+    assert runs == {"kept": ["A-r00", "C-r00"], "reset": ["A-r01", "C-r01"]}
     moved = Ablation.open(tmp_path / "moved" / "abl")
-    assert moved.status("C-r01") == "pending" and not (moved.root / "runs" / "C-r01").exists()
+    assert moved.status("A-r01") == moved.status("C-r01") == "pending"
+    assert not (moved.root / "runs" / "A-r01").exists() and not (moved.root / "runs" / "C-r01").exists()
     kept_traces = {rid: (moved.root / "runs" / rid / "trace.jsonl").read_bytes() for rid in runs["kept"]}
 
     trainer = SyntheticExecutor()
     assert moved.run(llm_for=scripted(), executor=trainer, log=quiet)
-    # only the reset run trained (its baseline, four experiments, one confirmation); the finished ones untouched
-    assert len(trainer.runs) == 6
+    # only the reset runs trained (each its baseline, four experiments, one confirmation); the finished untouched
+    assert len(trainer.runs) == 12
     assert {rid: (moved.root / "runs" / rid / "trace.jsonl").read_bytes() for rid in runs["kept"]} == kept_traces
     for rid in ("A-r00", "A-r01", "C-r00", "C-r01"):
         assert trajectory(moved.root / "runs" / rid) == trajectory(reference.root / "runs" / rid)
-    assert "4/4 runs finished" in write_ablation_report(moved.root).read_text()
+    report = write_ablation_report(moved.root).read_text()
+    assert "4/4 runs finished" in report and "trained in 1 sitting (a machine, from one boot)" in report
+    assert "span two sittings" not in report
+
+
+def test_the_report_names_a_repeat_whose_runs_trained_in_two_sittings(tmp_path) -> None:
+    ablation = Ablation.open(tmp_path / "abl", SPEC)
+    assert ablation.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    assert {run["sitting"]["boot"] for run in ablation.manifest["runs"].values()} == {sitting()["boot"]}
+    ablation.mark("C-r01", sitting={"boot": "another-boot", "cpu": "Another CPU, 2 CPUs"})
+    report = write_ablation_report(ablation.root).read_text()
+    assert "trained in 2 sittings" in report and "Another CPU, 2 CPUs: repeats 1" in report
+    assert "**repeats 1 span two sittings**" in report
 
 
 def test_unpack_refuses_what_is_not_a_pack_and_an_existing_folder(tmp_path) -> None:
