@@ -352,7 +352,8 @@ def main_pack(argv: list[str]) -> int:
 def main_unpack(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m graphs.bilevel ablation unpack",
-        description="an ablation's pack as a resumable folder: finished runs kept, unfinished ones reset to pending",
+        description="an ablation's pack as a resumable folder: finished repeats kept, and the finished runs of an "
+        "unfinished repeat when they trained in this sitting (same boot id); every other run reset to pending",
     )
     ap.add_argument("archive", type=Path, help="the .tar.gz that `ablation pack` wrote")
     ap.add_argument("out", type=Path, help="the ablation folder to create")

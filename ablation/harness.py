@@ -132,7 +132,8 @@ def run_id(group: str, repeat: int) -> str:
 def sitting() -> dict[str, str]:
     """Which machine, booted when, a run trains on: its boot id (a new one on every boot of every machine) and its
     CPU. A fixed wall-clock budget measures the machine, so the runs of one repeat are compared only when they
-    trained in one sitting (`ablation unpack` resets an unfinished repeat as a whole; the report counts sittings)."""
+    trained in one sitting (`ablation unpack` keeps a finished run of an unfinished repeat only in the sitting it
+    trained in; the report counts sittings)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:

@@ -4,11 +4,12 @@ mechanisms (what `ablation imp` measures). The report regenerates from an unpack
 the checkpoint databases and the experiments' files are left out.
 
 `ablation unpack OUT.tar.gz DIR`: an ablation carried to another machine (or a later sitting) by its pack. The runs
-of every repeat whose groups all finished are kept as they are; every run of an unfinished repeat is reset to pending
-and its folder removed — the pack holds no checkpoint to resume a run from, and the runs of one repeat are compared
-with each other, so they must train on one machine in one sitting (a fixed wall-clock budget measures the machine).
-`ablation resume DIR` then trains the reset runs from their start, with the same seeds, and the runs never started.
-Nothing of a finished repeat is ever re-run."""
+of every repeat whose groups all finished are kept as they are. The runs of one repeat are compared with each other, so
+they must train on one machine in one sitting (a fixed wall-clock budget measures the machine): a finished run of an
+unfinished repeat is kept only when it trained in the sitting that unpacks it (the same boot id: the same machine,
+not rebooted since), and reset to pending otherwise, with its folder removed; an unfinished run is always reset (the
+pack holds no checkpoint to resume it from). `ablation resume DIR` then trains the reset runs from their start, with
+the same seeds, and the runs never started. Nothing of a finished repeat is ever re-run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from ablation.harness import MANIFEST, SURROGATE_FIT, run_id
+from ablation.harness import MANIFEST, SURROGATE_FIT, run_id, sitting
 from checkpoints.run_folder import write_json_atomic
 
 RUN_FILES = ("run.json", "trace.jsonl", "summary.json", "results.tsv")
@@ -52,10 +53,12 @@ class PackError(ValueError):
     """A file that is not an ablation's pack, or one that would write outside its folder."""
 
 
-def unpack(archive: Path, dest: Path) -> dict[str, list[str]]:
+def unpack(archive: Path, dest: Path, boot: str | None = None) -> dict[str, list[str]]:
     """Extract the pack ``archive`` as the ablation folder ``dest`` (which must not exist) and make it resumable:
-    every run of a repeat that is not finished in every group is reset to pending and its folder removed. Returns the
-    runs kept and reset."""
+    a run is kept when it finished and its repeat finished in every group, or it finished in the sitting whose boot
+    id is ``boot`` (default: this machine's, now); every other run is reset to pending and its folder removed.
+    Returns the runs kept and reset."""
+    boot = sitting()["boot"] if boot is None else boot
     dest = Path(dest)
     if dest.exists():
         raise PackError(f"{dest} exists; unpack into a new folder")
@@ -84,7 +87,8 @@ def unpack(archive: Path, dest: Path) -> dict[str, list[str]]:
     }
     kept, reset = [], []
     for rid, run in sorted(runs.items()):
-        if run.get("status") == "done" and run.get("repeat") in complete:
+        same_sitting = (run.get("sitting") or {}).get("boot") == boot
+        if run.get("status") == "done" and (run.get("repeat") in complete or same_sitting):
             kept.append(rid)
             continue
         reset.append(rid)

@@ -55,7 +55,7 @@ def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_resu
     assert not any("checkpoints" in f or "experiments" in f for f in files)
     assert any(f.startswith("runs/C-r00/mechanisms/") and f.endswith("record.json") for f in files)
 
-    runs = unpack(tmp_path / "first.tar.gz", tmp_path / "moved" / "abl")
+    runs = unpack(tmp_path / "first.tar.gz", tmp_path / "moved" / "abl", boot="another-boot")
     # repeat 1 is unfinished (C-r01 was running): both its runs train again, together, on the new machine
     assert runs == {"kept": ["A-r00", "C-r00"], "reset": ["A-r01", "C-r01"]}
     moved = Ablation.open(tmp_path / "moved" / "abl")
@@ -73,6 +73,27 @@ def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_resu
     report = write_ablation_report(moved.root).read_text()
     assert "4/4 runs finished" in report and "trained in 1 sitting (a machine, from one boot)" in report
     assert "span two sittings" not in report
+
+
+def test_unpacked_in_the_same_sitting_a_finished_run_of_an_unfinished_repeat_is_kept(tmp_path) -> None:
+    reference = Ablation.open(tmp_path / "reference", SPEC)
+    assert reference.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
+    first = Ablation.open(tmp_path / "first", SPEC)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(llm_for=scripted(), executor=StopsAt("C-r01", "e0002"), log=quiet)
+    pack(first.root, tmp_path / "first.tar.gz")
+
+    # the folder is lost (a workspace reset) but the machine has not rebooted: A-r01 trained in this sitting
+    runs = unpack(tmp_path / "first.tar.gz", tmp_path / "again", boot=sitting()["boot"])
+    assert runs == {"kept": ["A-r00", "A-r01", "C-r00"], "reset": ["C-r01"]}
+    again = Ablation.open(tmp_path / "again")
+    trainer = SyntheticExecutor()
+    assert again.run(llm_for=scripted(), executor=trainer, log=quiet)
+    assert len(trainer.runs) == 6  # C-r01 alone: its baseline, four experiments, one confirmation
+    for rid in ("A-r00", "A-r01", "C-r00", "C-r01"):
+        assert trajectory(again.root / "runs" / rid) == trajectory(reference.root / "runs" / rid)
+    report = write_ablation_report(again.root).read_text()
+    assert "4/4 runs finished" in report and "span two sittings" not in report
 
 
 def test_the_report_names_a_repeat_whose_runs_trained_in_two_sittings(tmp_path) -> None:
