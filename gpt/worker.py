@@ -104,6 +104,23 @@ def warm_first_compile() -> None:
         pass
 
 
+def compile_in_process() -> None:
+    """Make the forked trial's torch.compile build its kernels in the trial's own process (compile_threads = 1)
+    instead of starting inductor's compile-worker pool: a sidecar process answering over pipes to a reader thread,
+    the one part of the compiler each fork sets up afresh. On the 2-core CPU, five forked trials in a row from one
+    worker, each with a graph new to the cache, hung there — their kernels' C++ written, never built, killed at the
+    timeout — while trials with a cached graph trained, and a cold training of the same file built and trained in
+    45 s. The cause was not isolated; the pool is taken out of the fork's path. On two cores it saved no measurable
+    time (a new graph's cold training took 48-54 s with and without it), and compilation is outside the training
+    budget, so no result changes; on a many-core GPU machine it costs wall-clock time only."""
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = 1
+    except Exception:  # noqa: BLE001 (torch without inductor: nothing compiles)
+        pass
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -129,6 +146,7 @@ def run_trial(request: dict[str, Any]) -> int:
     limit = request.get("memory_limit_bytes")
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    compile_in_process()
     runtime.PROCESS_START = time.time()  # the trial's own start-up, not the worker's
     script = str(request["train_py"])
     sys.argv = [script, *map(str, request.get("args", []))]

@@ -127,3 +127,49 @@ def test_the_worker_warms_the_compiler_without_starting_a_thread_a_fork_would_lo
     assert same_threads == "True"
     assert int(graphs) >= 1
     assert threads == "2"
+
+
+def test_a_forked_trial_builds_its_kernels_in_its_own_process(worker: WarmWorker, tmp_path: Path) -> None:
+    """A trial forked from the worker compiles with compile_threads = 1: a graph new to the cache is built without
+    inductor's compile-worker pool, so the trial starts no sidecar process."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import json, os, sys, torch, torch._inductor.config as c\n"
+        f"def fresh(x):\n    return (x * {os.getpid()}.5).sin().sum()\n"
+        "value = float(torch.compile(fresh)(torch.randn(8)))\n"
+        "children = open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()\n"
+        "json.dump({'threads': c.compile_threads, 'children': children}, open(sys.argv[1], 'w'))\n"
+    )
+    out = tmp_path / "out.json"
+    run = worker.run([str(out)], probe, tmp_path / "log.txt", None, timeout_s=300)
+    assert run.returncode == 0, (tmp_path / "log.txt").read_text()[-2000:]
+    assert json.loads(out.read_text()) == {"threads": 1, "children": []}
+
+
+def test_a_forked_trial_past_its_timeout_trains_again_cold_and_the_worker_is_replaced(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trials.launcher import TrainerSettings, run_warm
+    from trials.warm_worker import TrialRun
+
+    class HungFork:
+        evaluator_sha256 = None
+        closed = False
+
+        def run(self, args, train_py, log, memory_limit_bytes, timeout_s) -> TrialRun:
+            log.write_text("model_dim=... (hung in its first step)\n")
+            return TrialRun(-signal.SIGKILL, True, 1.0)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setenv("BILEVEL_CACHE", env["BILEVEL_CACHE"])
+    settings = TrainerSettings(budget_s=2.0, corpus=env["CORPUS"], vocab_size=VOCAB, eval_tokens=EVAL_TOKENS)
+    script = copy_train(tmp_path / "e0", **TINY)
+    fork = HungFork()
+    outcome, trial_cpu = run_warm(settings, script.parent, fork)  # type: ignore[arg-type]
+    assert fork.closed
+    assert outcome["ok"] and outcome["result"]["val_bpb"] > 0, outcome
+    assert outcome["warm_worker"].startswith("timed out") and "trained cold" in outcome["warm_worker"]
+    assert "hung in its first step" in (script.parent / "log.forked.txt").read_text()
+    assert trial_cpu == 0.0  # the cold training is this process's own child: its rusage counts it

@@ -245,7 +245,11 @@ def run_training(settings: TrainerSettings, folder: Path) -> dict[str, Any]:
 
 def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tuple[dict[str, Any], float]:
     """Like `run_training`, the trial forked from a warm worker; also the trial's own CPU seconds (the worker reaps
-    it, so this process's rusage does not count them). Falls back to a cold start when the worker fails."""
+    it, so this process's rusage does not count them). Falls back to a cold start when the worker fails, and when
+    the forked trial ran past its timeout: the worker is then closed (the next trial forks from a fresh one) and the
+    trial trains again cold, in a fresh process, so that only a cold training's timeout counts as the configuration's
+    crash — a hang of the forked process's state must not (`gpt.worker.compile_in_process`). The forked attempt's
+    log is kept as log.forked.txt."""
     result_json, log = folder / "result.json", folder / "log.txt"
     result_json.unlink(missing_ok=True)
     log.write_text("")
@@ -256,6 +260,12 @@ def run_warm(settings: TrainerSettings, folder: Path, worker: WarmWorker) -> tup
     except WorkerError as e:
         outcome = run_training(settings, folder)
         return {**outcome, "warm_worker": f"failed, trained cold: {e}"}, 0.0
+    if run.timed_out:
+        worker.close()
+        if log.exists():
+            os.replace(log, folder / "log.forked.txt")
+        outcome = run_training(settings, folder)
+        return {**outcome, "warm_worker": f"timed out after {settings.timeout_s:g} s forked, trained cold"}, 0.0
     outcome = read_outcome(result_json, log, run.returncode, run.timed_out, time.monotonic() - start,
                            settings.timeout_s)  # fmt: skip
     return {**outcome, "warm_worker": "used", "evaluator_sha256": worker.evaluator_sha256}, run.cpu_seconds
