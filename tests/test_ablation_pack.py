@@ -43,14 +43,19 @@ class StopsAt(SyntheticExecutor):
         return super().run(trial, settings)
 
 
-def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_results(tmp_path) -> None:
+def reference_and_interrupted(tmp_path: Path) -> tuple[Ablation, Ablation]:
+    """The whole ablation, and the same one interrupted in C-r01 (A-r01 finished, repeat 1 unfinished)."""
     reference = Ablation.open(tmp_path / "reference", SPEC)
     assert reference.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
-
     first = Ablation.open(tmp_path / "first", SPEC)
     with pytest.raises(KeyboardInterrupt):
         first.run(llm_for=scripted(), executor=StopsAt("C-r01", "e0002"), log=quiet)
     assert first.status("C-r01") == "running" and first.status("A-r01") == "done"
+    return reference, first
+
+
+def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_results(tmp_path) -> None:
+    reference, first = reference_and_interrupted(tmp_path)
     files = [str(f) for f in pack(first.root, tmp_path / "first.tar.gz")]
     assert not any("checkpoints" in f or "experiments" in f for f in files)
     assert any(f.startswith("runs/C-r00/mechanisms/") and f.endswith("record.json") for f in files)
@@ -76,11 +81,7 @@ def test_an_unfinished_ablation_travels_in_its_pack_and_resumes_to_the_same_resu
 
 
 def test_unpacked_in_the_same_sitting_a_finished_run_of_an_unfinished_repeat_is_kept(tmp_path) -> None:
-    reference = Ablation.open(tmp_path / "reference", SPEC)
-    assert reference.run(llm_for=scripted(), executor=SyntheticExecutor(), log=quiet)
-    first = Ablation.open(tmp_path / "first", SPEC)
-    with pytest.raises(KeyboardInterrupt):
-        first.run(llm_for=scripted(), executor=StopsAt("C-r01", "e0002"), log=quiet)
+    reference, first = reference_and_interrupted(tmp_path)
     pack(first.root, tmp_path / "first.tar.gz")
 
     # the folder is lost (a workspace reset) but the machine has not rebooted: A-r01 trained in this sitting
