@@ -60,7 +60,8 @@ def kept_mechanisms(root: Path) -> list[Candidate]:
                 continue
             mid = str(event["mechanism"])
             if mid in found:
-                found[mid].kept_in.append(run_dir.name)
+                if run_dir.name not in found[mid].kept_in:  # a run may keep the same mechanism twice
+                    found[mid].kept_in.append(run_dir.name)
                 continue
             folder = run_dir / "mechanisms" / mid.replace("@", "-")
             record = json.loads((folder / "record.json").read_text())

@@ -1,6 +1,7 @@
 """`ablation pack DIR OUT.tar.gz`: the evidence of an ablation without its bulk — the manifest, the surrogate's fit,
-the noise floor, and per run its settings, trace, summary, results table, confirmations and the records of its
-mechanisms (what `ablation imp` measures). The report regenerates from an unpacked pack alone (`ablation report`);
+the noise floor, per run its settings, trace, summary, results table, confirmations and the records of its
+mechanisms (what `ablation imp` measures), and the finished frozen runs of `ablation imp` with its figures (imp/,
+report/imp.json and imp.md). The report regenerates from an unpacked pack alone (`ablation report`);
 the checkpoint databases and the experiments' files are left out.
 
 `ablation unpack OUT.tar.gz DIR`: an ablation carried to another machine (or a later sitting) by its pack. The runs
@@ -9,7 +10,9 @@ they must train on one machine in one sitting (a fixed wall-clock budget measure
 unfinished repeat is kept only when it trained in the sitting that unpacks it (the same boot id: the same machine,
 not rebooted since), and reset to pending otherwise, with its folder removed; an unfinished run is always reset (the
 pack holds no checkpoint to resume it from). `ablation resume DIR` then trains the reset runs from their start, with
-the same seeds, and the runs never started. Nothing of a finished repeat is ever re-run."""
+the same seeds, and the runs never started. Nothing of a finished repeat is ever re-run. The frozen runs of `ablation
+imp` are on the surrogate, which no machine's speed changes: every finished one is kept, and `ablation imp DIR` runs
+only the ones missing."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from checkpoints.run_folder import write_json_atomic
 
 RUN_FILES = ("run.json", "trace.jsonl", "summary.json", "results.tsv")
 MECHANISM_FILES = ("record.json", "source.py")  # a run's mechanisms/<id>/: what `ablation imp` starts them from
+IMP_FILES = ("report/imp.json", "report/imp.md")
 
 
 def evidence(root: Path) -> list[Path]:
@@ -36,6 +40,9 @@ def evidence(root: Path) -> list[Path]:
         found += [run_dir.relative_to(root) / name for name in RUN_FILES]
         found += sorted(p.relative_to(root) for p in run_dir.glob("confirm/*/outcome.json"))
         found += sorted(p.relative_to(root) for name in MECHANISM_FILES for p in run_dir.glob(f"mechanisms/*/{name}"))
+    for frozen in sorted(p.parent for p in root.glob("imp/*/s*/summary.json")):  # finished frozen runs only
+        found += [frozen.relative_to(root) / name for name in RUN_FILES]
+    found += [Path(name) for name in IMP_FILES]
     return [p for p in found if (root / p).is_file()]
 
 

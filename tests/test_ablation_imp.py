@@ -94,6 +94,32 @@ def test_imp_runs_each_kept_mechanism_frozen_against_the_references(ablation_roo
     assert {p: p.stat().st_mtime_ns for p in (root / "imp").glob("*/s*/summary.json")} == before
 
 
+def test_the_frozen_runs_travel_in_the_pack_and_are_not_run_again(ablation_root: tuple[Path, str], tmp_path) -> None:
+    from ablation.pack import pack, unpack
+
+    root, executor = ablation_root
+    settings = ImpSettings(k=2, seeds=2, executor=executor)
+    figures = measure(root, settings, llm_for=scripted, log=lambda _: None)
+    files = [str(f) for f in pack(root, tmp_path / "abl.tar.gz")]
+    assert "report/imp.json" in files and any(f.startswith("imp/") and f.endswith("/summary.json") for f in files)
+    # surrogate runs: kept whatever machine unpacks them
+    unpack(tmp_path / "abl.tar.gz", tmp_path / "moved", boot="another-boot")
+
+    def no_model(_config: Any) -> ScriptedChatModel:
+        raise AssertionError("a finished frozen run was run again")
+
+    moved = measure(tmp_path / "moved", settings, llm_for=no_model, log=lambda _: None)
+    imps = [{key: row["imp"] for key, row in f["mechanisms"].items()} for f in (moved, figures)]
+    assert imps[0] == imps[1]
+    # an unfinished frozen run (no summary) is not packed: it runs again from its start
+    unfinished = next((root / "imp").glob("*/s*/summary.json"))
+    unfinished.rename(unfinished.with_suffix(".json.away"))
+    try:
+        assert str(unfinished.parent.relative_to(root) / "run.json") not in [str(f) for f in pack(root, tmp_path / "b")]
+    finally:
+        unfinished.with_suffix(".json.away").rename(unfinished)
+
+
 def test_a_recorded_mechanism_starts_a_run_by_its_record(tmp_path: Path) -> None:
     from graphs.run_config import RunConfig
     from graphs.runner import start_mechanism
