@@ -111,12 +111,13 @@ def test_the_pipeline_keeps_the_slots_order_and_passes_an_executor_error_on(tmp_
         def run(self, trial: Trial, settings: TrainerSettings) -> dict[str, Any]:
             raise RuntimeError(f"executor lost {trial.experiment_id}")
 
+    # every folder is written before any trial starts: a trial in flight reads its train.py
+    first, second = Trial("e0001", _folder(tmp_path, "e0001")), Trial("e0002", _folder(tmp_path, "e0002"))
     try:
         assert not pipeline.started("e0001")
-        pipeline.start(Trial("e0001", _folder(tmp_path, "e0001")), settings)
-        pipeline.start(Trial("e0001", _folder(tmp_path, "e0001")), settings)  # twice: still one trial
+        pipeline.start(first, settings)
+        pipeline.start(first, settings)  # twice: still one trial
         assert pipeline.started("e0001")
-        second, first = Trial("e0002", _folder(tmp_path, "e0002")), Trial("e0001", _folder(tmp_path, "e0001"))
         outcomes = pipeline.outcomes([second, first], settings)
         assert [o["ok"] for o in outcomes] == [True, True]
         assert executor.runs == ["e0001", "e0002"] and executor.most_at_once == 1
