@@ -14,6 +14,7 @@ mechanism is compared with each, paired by seed, with bootstrap intervals and Ho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from trials.launcher import Executor
 HELD_OUT_SEED = 30_000  # far from the repeats' (0...), the noise floor's (10 000...) and the confirmations' (20 000...)
 REFERENCES = ("llm_greedy", "local_search")
 DEFAULT_SURROGATE = Path("ablation/data/surrogate_samples.csv")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -144,7 +146,7 @@ def measure(
                 log(f"imp@{settings.k}: {candidate.mechanism_id}, seed {seed}")
                 summary = frozen_run(ablation, candidate, seed, settings, budget_s, chat_for, executor)
                 values[candidate.key].append(summary.get("delta_bpb"))
-    figures = analyse(candidates, values, seeds, settings, len(kept))
+    figures = analyse(candidates, values, seeds, settings, len(kept), root=ablation.root)
     out = ablation.root / "report"
     write_json_atomic(out / "imp.json", figures)
     write_atomic(out / "imp.md", table(figures))
@@ -157,12 +159,16 @@ def analyse(
     seeds: list[int],
     settings: ImpSettings,
     kept: int,
+    root: Path | None = None,
 ) -> dict[str, Any]:
+    """The figures; paths are shown relative to the ablation folder (``root``) and the project, so the same
+    measurement reads the same on every machine."""
     refs = {name: reference(name).key for name in REFERENCES}
     rows: dict[str, dict[str, Any]] = {}
     for c in candidates:
         got = [v for v in values[c.key] if v is not None]
         row: dict[str, Any] = {**asdict(c), "imp": values[c.key], "summary": summarise(got).to_dict()}
+        row["start"] = _relative(row["start"], root)
         for ref_name, ref_key in refs.items():
             if c.key == ref_key:
                 continue
@@ -179,10 +185,32 @@ def analyse(
     return {
         "k": settings.k,
         "seeds": seeds,
-        "executor": settings.executor,
+        "executor": surrogate_shown(settings.executor),
+        "surrogate_sha256": _sha256(Path(settings.executor.split(":", 1)[1])),
         "kept_mechanisms": kept,
         "mechanisms": rows,
     }
+
+
+def surrogate_shown(executor: str) -> str:
+    """``surrogate:PATH`` with PATH relative to the project when it lies inside it."""
+    return f"surrogate:{_relative(executor.split(':', 1)[1], PROJECT_ROOT)}"
+
+
+def _relative(path: str, root: Path | None) -> str:
+    if root is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def _f(value: Any, digits: int = 4, sign: bool = True) -> str:
@@ -203,7 +231,8 @@ def table(figures: dict[str, Any]) -> str:
     lines = [
         f"# imp@{k}: each mechanism frozen, {k} experiments from the baseline configuration\n",
         f"- {n} held-out seeds ({figures['seeds'][0]}...{figures['seeds'][-1]}), the same for every mechanism; "
-        f"trainer **SURROGATE** ({figures['executor']}): val_bpb served by a model fitted on real trainings",
+        f"trainer **SURROGATE** ({figures['executor']}, sha256 {figures.get('surrogate_sha256') or '—'}): "
+        "val_bpb served by a model fitted on real trainings",
         f"- {figures['kept_mechanisms']} mechanisms kept by the ablation's outer loops; imp@{k} = best − start "
         "(val_bpb; negative is an improvement); paired differences against each reference at the same seeds, "
         "bootstrap 95 % CI, permutation p Holm-adjusted over the mechanisms\n",

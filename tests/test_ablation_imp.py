@@ -3,6 +3,7 @@ against llm_greedy and local_search at the same seeds; resumable, and the report
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from test_ablation_surrogate import NoisyTrainer
 
 from ablation import cli
 from ablation.harness import Ablation, AblationSpec
-from ablation.imp import HELD_OUT_SEED, ImpSettings, kept_mechanisms, measure
+from ablation.imp import HELD_OUT_SEED, PROJECT_ROOT, ImpSettings, kept_mechanisms, measure, surrogate_shown
 from ablation.sampling import collect_samples
 from checkpoints.run_folder import Ledger
 from llm.scripted import ScriptedChatModel
@@ -85,6 +86,11 @@ def test_imp_runs_each_kept_mechanism_frozen_against_the_references(ablation_roo
     tabu = next(r for r in rows.values() if r["mechanism_id"].startswith("tabu"))
     assert tabu["vs_llm_greedy"]["n"] == 3 and "holm_p" in tabu["vs_local_search"]
     assert "vs_llm_greedy" not in rows[next(iter(rows))]  # the reference itself
+    # the figures name where things are relative to the ablation folder, and the surrogate by its content
+    assert tabu["start"].startswith("runs/C-r00/mechanisms/") and rows[next(iter(rows))]["start"] == "llm_greedy"
+    samples = Path(executor.split(":", 1)[1])
+    assert figures["surrogate_sha256"] == hashlib.sha256(samples.read_bytes()).hexdigest()[:16]
+    assert surrogate_shown(f"surrogate:{PROJECT_ROOT / 'ablation/data/x.csv'}") == "surrogate:ablation/data/x.csv"
     text = (root / "report" / "imp.md").read_text()
     assert "imp@3" in text and "| reference |" in text and "SURROGATE" in text
     assert json.loads((root / "report" / "imp.json").read_text()) == figures
