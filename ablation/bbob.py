@@ -12,8 +12,12 @@ as well, the centre enqueued as their first trial. Every method gets the same nu
 Reported as LLM-designed optimisers are (LLaMEA on BBOB): per run the best-so-far precision f_best − f_opt, mapped to
 a normalised regret r = (log10(clip(precision, 1e-8, 1e2)) + 8) / 10 in [0, 1] (0: the 1e-8 target hit), and the
 AOCC, the mean over the evaluations of 1 − r of the best so far (the area over the convergence curve; 1 is best).
-Mechanisms that ask an LLM (llm_greedy, tabu, bandit, doe, stagnation, centaur) need a model per proposal and are
-listed as not run; a decide mechanism (annealing) runs beside a proposer, named ``PROPOSER+DECIDER``.
+Mechanisms that ask an LLM (llm_greedy, tabu, bandit, doe, stagnation, centaur, and a kept mechanism named by its
+``record.json``) ask the run's chat model (``--llm``: the embedded model unless an endpoint is configured) through
+the inner loop's own proposer (``ask_llm``: the enumerated one-parameter steps, every answer valid), its prompt
+naming this task instead of the GPT's; every call is a traced ``llm_call`` event in ``traces/<run>/trace.jsonl``,
+so the count of model answers each run used is read from the trace, not assumed. Without a model they are listed as
+not run. A decide mechanism (annealing) runs beside a proposer, named ``PROPOSER+DECIDER``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,7 +37,7 @@ import ioh
 import optuna
 
 from ablation.stats import bootstrap_ci, holm, mean_sd, paired_comparison
-from checkpoints.run_folder import write_atomic, write_json_atomic
+from checkpoints.run_folder import Ledger, write_atomic, write_json_atomic
 from mechanisms.base import (
     MechanismSpec,
     MechanismView,
@@ -59,7 +64,12 @@ NOT_RUN = {
     "centaur": "asks the LLM every third proposal",
     "annealing": "a decide mechanism: run it beside a proposer, e.g. local_search+annealing",
 }
+LLM_MECHANISMS = ("llm_greedy", "tabu", "bandit", "doe", "stagnation", "centaur")
 OPTUNA_METHODS = ("optuna_cmaes", "optuna_tpe", "optuna_random")
+TASK = (
+    "You minimise an unknown function f of the coordinates {names}, each in [-5, 5]. Each experiment evaluates f "
+    "at one point and reports f as val_bpb: lower is better."
+)
 DEFAULT_FUNCTIONS = (1, 8, 15, 21)  # sphere, Rosenbrock, Rastrigin (rotated), Gallagher's 101 peaks
 NO_MODEL_ANSWER = "no model on this benchmark: the mechanism asked the LLM"
 
@@ -114,22 +124,86 @@ class Objective:
 
 def mechanism_fn(name: str) -> tuple[Callable[[dict[str, Any], Any], dict[str, Any]], str, str]:
     """A mechanism's callable, as the inner loop loads it: a built-in name in process; a .py module (generated) in
-    the OS sandbox. Returns (fn, name, origin)."""
+    the OS sandbox; a kept mechanism by its record (a run's ``mechanisms/<id>/record.json``: composed with its
+    parameters, or generated with its recorded source, checked against its sha256). Returns (fn, name, origin)."""
     path = Path(name)
     if path.suffix == ".py":
         from mechanisms.sandbox import SandboxedMechanism
 
         spec = MechanismSpec.from_source(path.read_text(), origin="generated")
         return SandboxedMechanism(spec), spec.name, "generated"
-    from nodes.mechanism_loader import builtin_mechanism
+    from nodes.mechanism_loader import builtin_mechanism, load_mechanism
 
+    if path.name == "record.json":
+        record = json.loads(path.read_text())
+        loaded = load_mechanism(record, path.parents[2])  # run/mechanisms/<id>/record.json: paths are the run's
+        return loaded.fn, str(record["name"]), str(record["origin"])
     mechanism = builtin_mechanism(name)
     return mechanism.fn, name, "builtin"
 
 
-def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> dict[str, Any]:
+def method_label(method: str) -> str:
+    """How a method is named in the results: a module by its stem, a record by its mechanism's id (name-sha8)."""
+    path = Path(method)
+    if path.suffix == ".py":
+        return path.stem
+    if path.name == "record.json":
+        return str(json.loads(path.read_text())["id"]).replace("@", "-")
+    return method
+
+
+def asks_llm(method: str) -> bool:
+    """Whether a method needs a chat model: a built-in that asks the LLM, or any kept or generated mechanism."""
+    proposer = method.partition("+")[0]
+    return proposer in LLM_MECHANISMS or Path(proposer).name == "record.json" or proposer.endswith(".py")
+
+
+def llm_asker(
+    space: SearchSpace, llm: Any, seed: int, trace_dir: Path, caller: str
+) -> tuple[Callable[[dict[str, Any], str, Mapping[str, Any] | None], dict[str, Any]], Ledger]:
+    """``ask(state, guidance, constraints)``: the inner loop's proposer on this task's space, every model call
+    recorded in ``trace_dir``'s trace (a fresh one per run)."""
+    from nodes.context import InnerContext
+    from nodes.llm_proposer import ask_llm
+    from trials.launcher import TrainerSettings
+
+    if trace_dir.exists():  # an interrupted run starts over: its trace must hold this run's calls only
+        shutil.rmtree(trace_dir)
+    ledger = Ledger(trace_dir)
+    ctx = InnerContext(
+        ledger=ledger,
+        space=space,
+        base_source="",
+        trainer=TrainerSettings(),
+        llm=llm,
+        mode="params",
+        batch=1,
+        noise_margin=0.0,
+        seed=seed,
+        llm_attempts=1,
+        proposal_style="values",
+        task=TASK.format(names=", ".join(space.names)),
+    )
+
+    def ask(state: dict[str, Any], guidance: str, constraints: Mapping[str, Any] | None) -> dict[str, Any]:
+        proposal = ask_llm(state, ctx, guidance, dict(constraints) if constraints else None, caller=caller)  # type: ignore[arg-type]
+        return {k: proposal[k] for k in ("changes", "hypothesis", "expected_direction") if k in proposal}
+
+    return ask, ledger
+
+
+def run_mechanism(
+    name: str,
+    objective: Objective,
+    budget: int,
+    seed: int,
+    llm: Any = None,
+    trace_dir: Path | None = None,
+) -> dict[str, Any]:
     """``budget`` evaluations of the mechanism ``name``: the default first, then its proposals; the inner loop's
-    greedy rule (or, for ``PROPOSER+DECIDER``, the decide mechanism's verdict) and its recorded fallback step."""
+    greedy rule (or, for ``PROPOSER+DECIDER``, the decide mechanism's verdict) and its recorded fallback step.
+    With ``llm`` (and ``trace_dir`` for its calls' trace) the mechanism's asks are answered by that chat model;
+    without, an ask fails and the fallback step answers."""
     proposer, _, decider = name.partition("+")
     fn, mech_name, origin = mechanism_fn(proposer)
     decide = mechanism_fn(decider)[0] if decider else None
@@ -140,14 +214,25 @@ def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> di
         {"id": "e0000", "iteration": 0, "params": incumbent, "changes": {}, "status": "keep", "val_bpb": best}
     ]
     fallbacks, asked, decisions = 0, 0, 0
+    settings = {"strategy": "explore", "frozen": [], "guidance": "", "noise_margin": 0.0}
+    ledger: Ledger | None = None
+    if llm is not None:
+        ask_model, ledger = llm_asker(space, llm, seed, trace_dir or Path(".bbob-trace"), f"mechanism:{mech_name}")
+    state: dict[str, Any] = {}
 
-    def no_model(guidance: str, constraints: Mapping[str, Any] | None) -> dict[str, Any]:
+    def model(guidance: str, constraints: Mapping[str, Any] | None) -> dict[str, Any]:
         nonlocal asked
         asked += 1
-        raise RuntimeError(NO_MODEL_ANSWER)
+        if llm is None:
+            raise RuntimeError(NO_MODEL_ANSWER)
+        return ask_model(state, guidance, constraints)
 
-    settings = {"strategy": "explore", "frozen": [], "guidance": "", "noise_margin": 0.0}
     for iteration in range(1, budget):
+        state.clear()
+        state.update(
+            {"iteration": iteration, "experiments": list(trace), "incumbent": incumbent, "best_bpb": best,
+             "settings": settings}
+        )  # fmt: skip
         payload = view_payload(
             trace=trace,
             space=space,
@@ -159,7 +244,7 @@ def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> di
         )
         changes: dict[str, Any] | None = None
         try:
-            output = fn(payload, no_model)
+            output = fn(payload, model)
             view = MechanismView.from_payload(payload, lambda g, c: {})
             if not check_proposal(output, view, proposal_cap(mech_name, origin)):
                 changes = dict(output["changes"])
@@ -194,7 +279,7 @@ def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> di
                 result=record,
             )
             try:
-                verdict = decide(judged, no_model)
+                verdict = decide(judged, model)
                 if not check_decision(verdict):
                     keep, decisions = bool(verdict["keep"]), decisions + 1
             except Exception:  # noqa: BLE001 - a failed decide call leaves the greedy rule's verdict
@@ -203,7 +288,13 @@ def run_mechanism(name: str, objective: Objective, budget: int, seed: int) -> di
         if keep:
             incumbent = params
             best = min(best, value)
-    return {"fallbacks": fallbacks, "llm_asks": asked, "decisions": decisions}
+    out: dict[str, Any] = {"fallbacks": fallbacks, "llm_asks": asked, "decisions": decisions}
+    if ledger is not None:  # what the trace proves: the model's answers this run used, and the ones that failed
+        calls = list(ledger.events("llm_call"))
+        out["llm_calls"] = len(calls)
+        out["llm_failed"] = sum(1 for c in calls if not c.get("ok"))
+        out["llm_fallbacks"] = sum(1 for _ in ledger.events("proposal_fallback"))
+    return out
 
 
 def run_optuna(method: str, objective: Objective, budget: int, seed: int) -> dict[str, Any]:
@@ -236,13 +327,21 @@ class BbobSettings:
     methods: list[str] = field(default_factory=lambda: [*NO_LLM_MECHANISMS, *OPTUNA_METHODS])
 
 
-def run_one(method: str, function: int, instance: int, seed: int, settings: BbobSettings) -> dict[str, Any]:
+def run_one(
+    method: str,
+    function: int,
+    instance: int,
+    seed: int,
+    settings: BbobSettings,
+    llm: Any = None,
+    trace_dir: Path | None = None,
+) -> dict[str, Any]:
     objective = Objective(function, instance, settings.dimension)
     start = time.monotonic()
     if method in OPTUNA_METHODS:
         extra = run_optuna(method, objective, settings.budget, seed)
     else:
-        extra = run_mechanism(method, objective, settings.budget, seed)
+        extra = run_mechanism(method, objective, settings.budget, seed, llm if asks_llm(method) else None, trace_dir)
     curve = objective.curve()
     assert len(curve) == settings.budget, (method, len(curve))
     return {
@@ -260,23 +359,41 @@ def run_one(method: str, function: int, instance: int, seed: int, settings: Bbob
     }
 
 
-def run_benchmark(out: Path, settings: BbobSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every method x function x instance x seed (each run cached in out/runs/, never run twice); the figures."""
+LLMForSeed = Callable[[int], Any]  # a run's seed -> the chat model that answers its mechanism's asks
+
+
+def run_benchmark(
+    out: Path,
+    settings: BbobSettings,
+    log: Callable[[str], None] = print,
+    llm_for: LLMForSeed | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Every method x function x instance x seed (each run cached in out/runs/, never run twice); the figures.
+    A method that asks the LLM needs ``llm_for`` (``model`` describes it in the figures); its calls' traces are
+    kept in out/traces/."""
+    needs_model = [m for m in settings.methods if asks_llm(m)]
+    if needs_model and llm_for is None:
+        raise ValueError(f"{', '.join(needs_model)} ask the LLM: run with a model (--llm)")
     results = []
     for method in settings.methods:
-        label = Path(method).stem if method.endswith(".py") else method
+        label = method_label(method)
         for function in settings.functions:
             for instance in settings.instances:
                 for seed in range(settings.seeds):
-                    path = out / "runs" / f"{label}-f{function:02d}-i{instance:02d}-s{seed}-b{settings.budget}.json"
+                    stem = f"{label}-f{function:02d}-i{instance:02d}-s{seed}-b{settings.budget}"
+                    path = out / "runs" / f"{stem}.json"
                     if path.exists():
                         results.append(json.loads(path.read_text()))
                         continue
                     log(f"bbob: {label} f{function} i{instance} seed {seed}")
-                    result = {**run_one(method, function, instance, seed, settings), "method": label}
-                    write_json_atomic(path, result)
-                    results.append(result)
+                    llm = llm_for(seed) if llm_for is not None and asks_llm(method) else None
+                    result = run_one(method, function, instance, seed, settings, llm, out / "traces" / stem)
+                    write_json_atomic(path, {**result, "method": label})
+                    results.append({**result, "method": label})
     figures = analyse(results, settings)
+    if model and needs_model:
+        figures["llm"] = model
     write_json_atomic(out / "bbob.json", figures)
     write_atomic(out / "bbob.md", table(figures))
     return figures
@@ -304,6 +421,7 @@ def analyse(results: list[dict[str, Any]], settings: BbobSettings) -> dict[str, 
                 for f in functions
             },
             "fallbacks": sum(r.get("fallbacks", 0) for r in mine),
+            "llm_calls": sum(r.get("llm_calls", 0) for r in mine),
             "seconds": sum(r["seconds"] for r in results if r["method"] == method),
         }
     paired_against_reference(results, cells)
@@ -346,8 +464,9 @@ def table(figures: dict[str, Any]) -> str:
         f"({len(s['instances']) * s['seeds']} runs per method and function); every method starts at the centre",
         "- normalised regret r = (log10(clip(f_best − f_opt, 1e-8, 1e2)) + 8) / 10 (0 best); AOCC = mean over the "
         "evaluations of 1 − r of the best so far (1 best); mean [bootstrap 95 % CI] over runs\n",
-        f"| method | regret, all | AOCC, all | regret vs {ref} (paired), Holm p | {head} | fallback steps |",
-        "|---" * (5 + len(fns)) + "|",
+        f"| method | regret, all | AOCC, all | regret vs {ref} (paired), Holm p | {head} "
+        "| fallback steps | LLM calls |",
+        "|---" * (6 + len(fns)) + "|",
     ]
     for method, cell in sorted(figures["methods"].items(), key=lambda kv: kv[1]["overall"]["regret"]["mean"]):
         o = cell["overall"]
@@ -359,9 +478,13 @@ def table(figures: dict[str, Any]) -> str:
             else ("reference" if method == ref else "—")
         )
         lines.append(
-            f"| {method} | {_ci(o['regret'])} | {_ci(o['aocc'])} | {paired} | {per_fn} | {cell['fallbacks']} |"
+            f"| {method} | {_ci(o['regret'])} | {_ci(o['aocc'])} | {paired} | {per_fn} | {cell['fallbacks']} "
+            f"| {cell.get('llm_calls', 0)} |"
         )
-    lines.append("\nPer-function columns: mean normalised regret.")
+    lines.append(
+        "\nPer-function columns: mean normalised regret. LLM calls: the model's answers the runs' traces record"
+        + (f" ({figures['llm']})." if figures.get("llm") else ".")
+    )
     if figures["not_run"]:
         lines.append("\nNot run: " + "; ".join(f"{k} ({v})" for k, v in figures["not_run"].items()) + ".")
     return "\n".join(lines) + "\n"

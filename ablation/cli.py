@@ -21,6 +21,8 @@ import resource
 import subprocess
 import tarfile
 import time
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -412,7 +414,17 @@ def main_imp(argv: list[str]) -> int:
 
 
 def main_bbob(argv: list[str]) -> int:
-    from ablation.bbob import DEFAULT_FUNCTIONS, NO_LLM_MECHANISMS, OPTUNA_METHODS, BbobSettings, run_benchmark, table
+    from ablation.bbob import (
+        DEFAULT_FUNCTIONS,
+        NO_LLM_MECHANISMS,
+        OPTUNA_METHODS,
+        BbobSettings,
+        asks_llm,
+        run_benchmark,
+        table,
+    )
+    from ablation.harness import with_seed
+    from llm.client import LLMSettings, open_chat_model
 
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -426,10 +438,17 @@ def main_bbob(argv: list[str]) -> int:
     ap.add_argument(
         "--methods",
         default=",".join([*NO_LLM_MECHANISMS, *OPTUNA_METHODS]),
-        help="built-in mechanisms (PROPOSER+DECIDER pairs a decide one), mechanism modules (.py, sandboxed), "
+        help="built-in mechanisms (PROPOSER+DECIDER pairs a decide one), mechanism modules (.py, sandboxed), kept "
+        "mechanisms (a run's mechanisms/<id>/record.json), "
         "optuna_cmaes, optuna_tpe, optuna_random",
     )
     ap.add_argument("--out", type=Path, help="the results folder (default runs/bbob-<time>)")
+    ap.add_argument(
+        "--llm",
+        action="store_true",
+        help="answer the asks of LLM-driven mechanisms (llm_greedy, tabu, ..., a kept mechanism's record.json) with "
+        "the chat model: the embedded one unless BILEVEL_MODEL/BILEVEL_BASE_URL name an endpoint",
+    )
     args = ap.parse_args(argv)
     settings = BbobSettings(
         args.functions,
@@ -440,7 +459,17 @@ def main_bbob(argv: list[str]) -> int:
         [m.strip() for m in args.methods.split(",") if m.strip()],
     )
     out = args.out or new_run_dir(Path("runs"), "bbob")
-    figures = run_benchmark(out, settings, log=console.print)
+    unanswered = [m for m in settings.methods if asks_llm(m)]
+    if unanswered and not args.llm:
+        console.print(f"[red]{', '.join(unanswered)} ask the LLM: add --llm[/]")
+        return 2
+    with ExitStack() as stack:
+        llm_for, model = None, None
+        if args.llm and unanswered:
+            out.mkdir(parents=True, exist_ok=True)
+            llm, model = stack.enter_context(open_chat_model(LLMSettings.resolve(), server_log=out / "llm_server.log"))
+            llm_for = partial(with_seed, llm)
+        figures = run_benchmark(out, settings, log=console.print, llm_for=llm_for, model=model)
     console.print(table(figures))
     console.print(f"results: [bold]{out / 'bbob.md'}[/]")
     return 0

@@ -14,6 +14,7 @@ from rich.console import Console
 from checkpoints.run_folder import Ledger
 from llm.structured import LLMBudget, StructuredAnswer, ask_structured
 from mechanisms.space import SearchSpace
+from nodes.prompts import GPT_TASK
 from trials.launcher import EVALUATOR_PATH, Executor, LocalExecutor, TrainerSettings, file_sha256
 from trials.pipeline import TrialPipeline
 
@@ -45,6 +46,7 @@ class InnerContext:
     # "values": enumerated steps, every answer valid (the embedded model); "free": any value, checked and re-asked
     # (capable endpoints); "moves": enumerated increase/decrease x small/large (measured, not a default)
     proposal_style: str = "free"
+    task: str = GPT_TASK  # what the compact prompt says the experiments are (another task: `ablation bbob`)
 
     @property
     def compact(self) -> bool:

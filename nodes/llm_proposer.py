@@ -340,7 +340,7 @@ def _ask_enumerated(
 
     answer = ctx.ask(
         enumerated_schema(options, style),
-        COMPACT_PROPOSE_SYSTEM.format(meanings=parameter_meanings(ctx.space)),
+        COMPACT_PROPOSE_SYSTEM.format(task=ctx.task, meanings=parameter_meanings(ctx.space)),
         prompt,
         node=caller,
         check=check,

@@ -23,8 +23,10 @@ Propose the next experiment: 1 to 3 changes, a one-sentence hypothesis, and the 
 # The embedded model's prompts: short, the stable part first (llama.cpp reuses the evaluated prefix of the previous
 # prompt: the system text, then the options, which change only when the incumbent does), the answer format spelled
 # out (the model never sees the tool schema: the server turns it into a grammar, not into prompt text).
-COMPACT_PROPOSE_SYSTEM = """You tune a small GPT language model. Each experiment trains it for a fixed time and
-measures val_bpb: lower is better. The parameters:
+GPT_TASK = """You tune a small GPT language model. Each experiment trains it for a fixed time and
+measures val_bpb: lower is better."""
+
+COMPACT_PROPOSE_SYSTEM = """{task} The parameters:
 {meanings}
 You choose the next experiment: one parameter and one of the new values listed for it."""
 

@@ -3,9 +3,11 @@ evaluations from the centre, a generated module in the sandbox, and the CLI's ca
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +19,14 @@ from ablation.bbob import (
     Objective,
     bbob_space,
     regret,
+    run_benchmark,
     run_mechanism,
     run_one,
+    table,
 )
+from checkpoints.run_folder import Ledger
+from llm.scripted import ScriptedChatModel
+from nodes.context import InnerContext
 
 GENERATED = '''"""A generated mechanism: a Gaussian step of one coordinate from the incumbent."""
 
@@ -109,3 +116,66 @@ def test_a_decide_mechanism_runs_beside_a_proposer() -> None:
     # its temperature is in val_bpb units (t0 = 0.01): a sphere's differences of whole units are never accepted, so
     # here its verdicts are the greedy rule's
     assert annealed.values == greedy.values
+
+
+def first_listed_step(messages: list[Any]) -> dict[str, str]:
+    """A scripted model's answer: the first value the prompt lists for a parameter, cycling over the parameters."""
+    prompt = str(messages[-1].content)
+    options = [line for line in prompt.split("Recent experiments")[0].splitlines() if " = " in line and ": " in line]
+    first_listed_step.calls = getattr(first_listed_step, "calls", 0) + 1  # type: ignore[attr-defined]
+    line = options[first_listed_step.calls % len(options)]  # type: ignore[attr-defined]
+    name, listed = line.split(" = ", 1)[0], line.split(": ", 1)[1]
+    return {"step": f"{name}={listed.split(', ')[0].split(' ')[0]}"}
+
+
+def test_an_llm_mechanism_asks_the_model_and_the_trace_proves_it(tmp_path: Path) -> None:
+    llm = ScriptedChatModel(script=[first_listed_step], cycle=True)
+    objective = Objective(1, 1, 5)
+    result = run_mechanism("llm_greedy", objective, 12, seed=0, llm=llm, trace_dir=tmp_path / "trace")
+    calls = list(Ledger(tmp_path / "trace").events("llm_call"))
+    assert result["llm_asks"] == 11 and result["llm_calls"] == len(calls) == len(llm.calls) == 11
+    # an answer naming a step already tried is off the schema's enum (a grammar-bound server never sends one): refused
+    # and answered by the proposer's recorded fallback step, as in the inner loop; the rest are the model's steps
+    assert result["llm_failed"] == result["llm_fallbacks"] and result["llm_failed"] <= 3
+    assert result["fallbacks"] == 0 and len(objective.values) == 12
+    system = str(llm.calls[0][0].content)
+    assert system.startswith("You minimise an unknown function f of the coordinates x0, x1, x2, x3, x4")
+    assert "GPT" not in system and all(c["node"] == "mechanism:llm_greedy" for c in calls)
+
+
+def test_the_real_task_keeps_its_own_prompt() -> None:
+    from nodes.prompts import COMPACT_PROPOSE_SYSTEM, GPT_TASK
+
+    assert COMPACT_PROPOSE_SYSTEM.format(task=GPT_TASK, meanings="M").startswith(
+        "You tune a small GPT language model. Each experiment trains it for a fixed time and\n"
+        "measures val_bpb: lower is better. The parameters:\nM\n"
+    )
+    assert inspect.signature(InnerContext).parameters["task"].default == GPT_TASK
+
+
+def test_a_kept_mechanism_runs_by_its_record_and_a_model_is_required(tmp_path: Path) -> None:
+    from nodes.mechanism_loader import builtin_record
+
+    folder = tmp_path / "run" / "mechanisms" / "doe"
+    folder.mkdir(parents=True)
+    record = dict(builtin_record("doe", {"design": "L4", "factors": 3, "step": 0.2}))
+    (folder / "record.json").write_text(json.dumps(record))
+    method = str(folder / "record.json")
+    args = ["--functions", "1", "--instances", "1", "--seeds", "1", "--budget", "10", "--out", str(tmp_path / "b")]
+    assert cli.main_bbob([*args, "--methods", f"cma_es,{method}"]) == 2  # asks the LLM: refused without --llm
+    with pytest.raises(ValueError, match="ask the LLM"):
+        run_benchmark(tmp_path / "b", BbobSettings([1], [1], 1, 10, methods=[method]))
+    llm = ScriptedChatModel(script=[first_listed_step], cycle=True)
+    figures = run_benchmark(
+        tmp_path / "b", BbobSettings([1], [1], 1, 10, methods=["cma_es", method]), lambda _: None,
+        llm_for=lambda seed: llm, model="scripted",
+    )  # fmt: skip
+    label = record["id"].replace("@", "-")
+    assert set(figures["methods"]) == {"cma_es", label} and figures["llm"] == "scripted"
+    run = figures["runs"][-1]
+    assert run["method"] == label and run["evaluations"] == 10
+    # the design of experiments runs its own L4 design first (no asks), then asks the model
+    assert run["llm_calls"] == run["llm_asks"] == len(llm.calls) and run["llm_asks"] < 9
+    assert figures["methods"][label]["llm_calls"] == run["llm_calls"]
+    trace = tmp_path / "b" / "traces" / f"{label}-f01-i01-s0-b10" / "trace.jsonl"
+    assert trace.exists() and f"| {label} |" in table(figures) and "LLM calls" in table(figures)
