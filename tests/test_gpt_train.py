@@ -247,6 +247,32 @@ def test_capped_logits_by_rows_match_the_whole_head() -> None:
         x = T.norm(torch.randn(4, 64, 64))
         for amp in (torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False)):
             with amp:
-                whole = model.softcap * torch.tanh(model.head(x).float() / model.softcap)
+                whole = model.cap(model.head(x).float())
                 by_rows = model.capped_logits_by_rows(x, rows=100)
                 assert by_rows.shape == (4, 64, 256) and torch.equal(by_rows, whole)
+
+
+def test_the_cap_is_softcap_tanh_and_the_loss_is_cross_entropy() -> None:
+    """The soft-cap written with one exp is softcap * tanh(logits / softcap) to float32 rounding, finite at any
+    logit; the loss computed without a max pass is the cross-entropy of the capped logits, at the largest declared cap
+    as well, and a cap beyond the declared range takes the general cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    from gpt import train as T
+
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(64, 128) * 40, torch.tensor([[1e30, -1e30, 0.0, 1e-6] * 32])])
+    for softcap in (5.0, 15.0, 50.0, 80.0):
+        model = T.GPT(128, 1, 32, 32, 16, softcap)
+        model.init_weights()
+        capped = model.cap(logits)
+        assert torch.isfinite(capped).all() and capped.abs().max() <= softcap
+        torch.testing.assert_close(capped, softcap * torch.tanh(logits / softcap), rtol=0, atol=4e-6 * softcap)
+        with torch.no_grad():
+            model.head.weight.normal_(std=30.0)  # logits of a few hundred: the cap bites
+        idx, targets = torch.randint(0, 128, (3, 16)), torch.randint(0, 128, (3, 16))
+        capped_logits = model(idx)
+        assert capped_logits.abs().max() > 0.9 * softcap
+        expected = F.cross_entropy(capped_logits.flatten(0, 1), targets.flatten())
+        torch.testing.assert_close(model(idx, targets), expected, rtol=1e-6, atol=1e-5)
