@@ -77,7 +77,15 @@ NO_MODEL_ANSWER = "no model on this benchmark: the mechanism asked the LLM"
 def bbob_space(dimension: int = 5) -> SearchSpace:
     return SearchSpace(
         tuple(
-            Param(name=f"x{i}", kind="float", low=LOW, high=HIGH, default=0.0, doc=f"coordinate {i}")
+            Param(
+                name=f"x{i}",
+                kind="float",
+                low=LOW,
+                high=HIGH,
+                default=0.0,
+                doc=f"coordinate {i}",
+                declared_group=f"x{i}",
+            )
             for i in range(dimension)
         )
     )

@@ -121,6 +121,7 @@ class Param:
     default: Any = None
     multiple_of: tuple[str, ...] = ()  # int only: the value is a multiple of these (integer) parameters' product
     doc: str = ""  # what the parameter means, in a few words (the human part of its declaration)
+    declared_group: str = ""  # a group named by the space's author; empty: the group its name implies (group_of)
 
     def __post_init__(self) -> None:
         errors = _param_errors(self)
@@ -129,7 +130,7 @@ class Param:
 
     @property
     def group(self) -> str:
-        return group_of(self.name)
+        return self.declared_group or group_of(self.name)
 
     def type_error(self, value: Any) -> str | None:
         """Why ``value`` is not of this parameter's kind, or None."""
@@ -262,6 +263,7 @@ class SearchSpace:
                     "default": p.default,
                     "multiple_of": list(p.multiple_of),
                     "doc": p.doc,
+                    "declared_group": p.declared_group,
                 }
                 for p in self.params
             ]
@@ -304,9 +306,11 @@ class SearchSpace:
         return tuple(p.name for p in self.params if not p.frozen and p.name not in extra)
 
     def groups(self, frozen: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
-        """Free parameter names by group, groups in ``GROUP_ORDER``, empty groups left out."""
-        free = self.free_names(frozen)
-        out = {g: tuple(n for n in free if group_of(n) == g) for g in GROUP_ORDER}
+        """Free parameter names by group: the groups of ``GROUP_ORDER``, then declared ones in declaration order;
+        empty groups left out."""
+        free = [self[n] for n in self.free_names(frozen)]
+        order = dict.fromkeys([*GROUP_ORDER, *(p.group for p in free)])
+        out = {g: tuple(p.name for p in free if p.group == g) for g in order}
         return {g: names for g, names in out.items() if names}
 
     def _unknown(self, name: Any) -> str:

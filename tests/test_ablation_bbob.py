@@ -179,3 +179,39 @@ def test_a_kept_mechanism_runs_by_its_record_and_a_model_is_required(tmp_path: P
     assert figures["methods"][label]["llm_calls"] == run["llm_calls"]
     trace = tmp_path / "b" / "traces" / f"{label}-f01-i01-s0-b10" / "trace.jsonl"
     assert trace.exists() and f"| {label} |" in table(figures) and "LLM calls" in table(figures)
+
+
+def test_each_bbob_coordinate_is_its_own_group_and_the_bandit_plays_them_as_arms() -> None:
+    """BBOB's coordinates would all fall in the name-derived group "other", leaving the bandit one arm; the space
+    declares a group per coordinate (kept through the dict the sandbox receives), so the bandit tries each coordinate
+    once, asks the model within it, and then returns to the coordinate whose steps improved."""
+    from mechanisms.base import MechanismView, load_builtin, view_payload
+    from mechanisms.space import SearchSpace
+
+    space = bbob_space(3)
+    assert space.groups() == {"x0": ("x0",), "x1": ("x1",), "x2": ("x2",)}
+    assert SearchSpace.from_dict(space.to_dict()).groups() == space.groups()
+    base = space.defaults()
+
+    def record(i: int, changes: dict[str, float], value: float) -> dict[str, Any]:
+        return {"id": f"e{i:04d}", "iteration": i, "params": {**base, **changes}, "changes": changes,
+                "hypothesis": "h", "val_bpb": value, "status": "keep", "mechanism": "bandit", "seconds": 0.0,
+                "description": ""}  # fmt: skip
+
+    asked: list[dict[str, Any] | None] = []
+
+    def ask(guidance: str, constraints: dict[str, Any] | None) -> dict[str, Any]:
+        asked.append(constraints)
+        name = constraints["only"][0] if constraints else "x0"
+        return {"changes": {name: 1.0}, "hypothesis": "llm", "expected_direction": "down"}
+
+    bandit = load_builtin("bandit", c=0.1)
+    trace = [record(0, {}, 10.0)]
+    for i, expected in enumerate(["x0", "x1", "x2"], start=1):
+        out = bandit(MechanismView.from_payload(view_payload(trace=trace, space=space, incumbent=base,
+                                                             best_bpb=10.0, iteration=i, seed=0), ask))  # fmt: skip
+        assert asked[-1] == {"only": [expected]} and out["changes"] == {expected: 1.0}
+        trace.append(record(i, out["changes"], 9.0 if expected == "x1" else 10.5))
+    bandit(MechanismView.from_payload(view_payload(trace=trace, space=space, incumbent=base, best_bpb=9.0,
+                                                   iteration=4, seed=0), ask))  # fmt: skip
+    assert asked[-1] == {"only": ["x1"]}
